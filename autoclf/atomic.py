@@ -1,0 +1,52 @@
+"""Atomic file writes: write a temporary file beside the target, then ``os.replace`` it.
+
+A process killed mid-write leaves the old file or no file, never half of a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@contextmanager
+def atomic_path(target: str | Path, *, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success it replaces ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text(target: str | Path, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(target: str | Path, obj: Any) -> None:
+    write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_npy(target: str | Path, array: np.ndarray) -> None:
+    # The temp name must end in .npy, or np.save appends the suffix and writes elsewhere.
+    with atomic_path(target, suffix=".npy") as tmp:
+        np.save(tmp, array)
+
+
+def write_with(target: str | Path, writer: Callable[[Path], None], *, suffix: str = "") -> None:
+    """Atomically create ``target`` with ``writer(tmp_path)`` (for writers that need a path)."""
+    with atomic_path(target, suffix=suffix) as tmp:
+        writer(tmp)

@@ -1,0 +1,69 @@
+"""Frozen configuration: read once at the edge, written next to the results for replay."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+SCHEDULERS = ("cosine", "onecycle", "step", "plateau", "constant")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainParams:
+    """Everything one training run needs; a trial's sampled values plus the space's fixed ones.
+
+    ``optimizer`` is any name timm's ``create_optimizer_v2`` knows: ``adamw``, ``adam``,
+    ``sgd`` (SGD with Nesterov momentum), ``momentum`` (SGD with plain momentum), ``rmsprop``,
+    ``lamb``, ``lion``, …
+    """
+
+    backbone: str
+    pretrained: bool = False
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    batch_size: int = 64
+    dropout: float = 0.0
+    drop_path: float = 0.0
+    aug_strength: float = 0.0
+    scheduler: str = "cosine"
+    warmup_epochs: float = 0.0
+    epochs: int = 10
+    image_size: int = 224
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
+    patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainParams:
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    """The options of one ``autoclf search`` run, after the CLI resolved them."""
+
+    data: str
+    study: str
+    space: str
+    folds: int = 5
+    seed: int = 0
+    metric: str = "accuracy"
+    trials: int = 20
+    timeout: float | None = None
+    storage: str | None = None
+    studies_dir: str = "studies"
+    device: str = "auto"
+    loader_workers: int | None = None  # DataLoader worker processes; None = auto
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,54 @@
+"""Fold assignment: stratified K-fold, group-aware when images share a source."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from autoclf.errors import DataError
+
+
+def assign_folds(
+    labels: np.ndarray,
+    *,
+    n_splits: int,
+    seed: int,
+    groups: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Return one fold id (0..n_splits-1) per sample, deterministic for a given ``seed``.
+
+    With ``groups``, every image of a group lands in the same fold, so no source sits on both
+    sides of a split.
+    """
+    labels = np.asarray(labels)
+    if n_splits < 2:
+        raise DataError(f"--folds must be at least 2, got folds={n_splits}")
+    counts = np.bincount(labels)
+    names = list(classes) if classes is not None else [str(i) for i in range(len(counts))]
+    small = [(names[c], int(n)) for c, n in enumerate(counts) if n < n_splits]
+    if small:
+        listed = ", ".join(f"{name!r} has {n}" for name, n in small)
+        raise DataError(
+            f"every class needs at least folds={n_splits} images for stratified K-fold: {listed}; "
+            "add images or lower --folds"
+        )
+    x = np.zeros(len(labels))
+    if groups is None:
+        splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        splits = splitter.split(x, labels)
+    else:
+        n_groups = len(set(groups))
+        if n_groups < n_splits:
+            raise DataError(f"folds={n_splits} needs at least that many groups, got {n_groups}")
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        splits = splitter.split(x, labels, groups=np.asarray(groups))
+    folds = np.full(len(labels), -1, dtype=np.int64)
+    for fold, (_, val_idx) in enumerate(splits):
+        folds[val_idx] = fold
+    empty = [f for f in range(n_splits) if not np.any(folds == f)]
+    if empty:
+        raise DataError(f"fold(s) {empty} came out empty; lower --folds")
+    return folds

@@ -1,0 +1,45 @@
+"""Safe image decoding: every file becomes an upright uint8 RGB array, or a clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from autoclf.errors import DataError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Decode ``path`` fully into an HxWx3 uint8 array, upright (EXIF) and in RGB.
+
+    PIL decodes lazily, so a truncated file only fails when the pixels are read; ``load()``
+    forces that here, where the error can still name the file.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _to_rgb_array(im)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot decode image {path}: {exc}") from exc
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit or float grayscale: scale the actual range into 0..255 instead of clipping.
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        gray = arr.round().astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # Composite transparency on white, as a viewer shows it, rather than on black.
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)

@@ -1,0 +1,197 @@
+"""DATA → one table of (path, label, group): a folder of class folders, a CSV, or ``digits``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autoclf import atomic
+from autoclf.data.images import IMAGE_EXTENSIONS
+from autoclf.errors import DataError
+
+BUILTIN = ("digits", "digits-test")
+
+
+@dataclass(frozen=True)
+class DataIndex:
+    """The images of a data set, in a fixed order that every stage shares."""
+
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]  # index into ``classes``
+    classes: tuple[str, ...]
+    groups: tuple[str, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def label_array(self) -> np.ndarray:
+        return np.asarray(self.labels, dtype=np.int64)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.label_array, minlength=len(self.classes))
+        return {name: int(n) for name, n in zip(self.classes, counts)}
+
+
+def build_index(source: str | Path, *, datasets_dir: str | Path) -> DataIndex:
+    """Index ``source``: ``digits``/``digits-test``, a CSV file, or an ImageFolder directory.
+
+    ``datasets_dir`` is where the built-in sets are written as image files, so that they go
+    through the very same decoding path as a user's images.
+    """
+    text = str(source)
+    if text in BUILTIN:
+        split = "test" if text == "digits-test" else "train"
+        return _index_folder(materialize_digits(Path(datasets_dir)) / split)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"data not found: {path} (expected a folder, a CSV file, or 'digits')")
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DataError(f"data file {path} is not a .csv; give a CSV or a folder of classes")
+        return _index_csv(path)
+    return _index_folder(path)
+
+
+def _index_folder(root: Path) -> DataIndex:
+    root = root.resolve()
+    class_dirs = sorted(
+        (d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
+        key=lambda d: _natural_key(d.name),
+    )
+    if not class_dirs:
+        raise DataError(f"{root} has no class sub-folders (expected ROOT/<class>/<image>)")
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(
+            f
+            for f in class_dir.rglob("*")
+            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not files:
+            raise DataError(f"class {class_dir.name!r} is empty: no images in {class_dir}")
+        paths.extend(str(f) for f in files)
+        labels.extend([label] * len(files))
+    return DataIndex(tuple(paths), tuple(labels), tuple(d.name for d in class_dirs))
+
+
+def _index_csv(csv_path: Path) -> DataIndex:
+    csv_path = csv_path.resolve()
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in ("path", "label") if c not in columns]
+        if missing:
+            raise DataError(
+                f"{csv_path}: missing column(s) {missing}; found {columns} "
+                "(expected path,label and optionally group)"
+            )
+        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    if not rows:
+        raise DataError(f"{csv_path} has a header but no rows")
+    has_group = "group" in columns
+    seen: dict[str, int] = {}
+    not_found: list[str] = []
+    for line, row in enumerate(rows, start=2):
+        if not row["path"] or not row["label"]:
+            raise DataError(f"{csv_path}:{line}: empty path or label")
+        if has_group and not row["group"]:
+            raise DataError(f"{csv_path}:{line}: empty group")
+        full = (csv_path.parent / row["path"]).resolve()
+        if str(full) in seen:
+            raise DataError(
+                f"{csv_path}:{line}: duplicate path {row['path']!r} (first on line {seen[str(full)]})"
+            )
+        seen[str(full)] = line
+        if not full.is_file():
+            not_found.append(row["path"])
+        row["path"] = str(full)
+    if not_found:
+        shown = ", ".join(not_found[:10]) + (f" … and {len(not_found) - 10} more" if len(not_found) > 10 else "")
+        raise DataError(
+            f"{csv_path}: {len(not_found)} path(s) do not exist (relative to the CSV): {shown}"
+        )
+    classes = sorted({row["label"] for row in rows}, key=_natural_key)
+    lookup = {name: i for i, name in enumerate(classes)}
+    return DataIndex(
+        paths=tuple(row["path"] for row in rows),
+        labels=tuple(lookup[row["label"]] for row in rows),
+        classes=tuple(classes),
+        groups=tuple(row["group"] for row in rows) if has_group else None,
+    )
+
+
+def save_index(index: DataIndex, folds: np.ndarray, target: str | Path) -> None:
+    """Write the table (path, label, group, fold) that every later stage reads."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label", "group", "fold"])
+    groups = index.groups or ("",) * len(index)
+    for path, label, group, fold in zip(index.paths, index.labels, groups, folds):
+        writer.writerow([path, index.classes[label], group, int(fold)])
+    atomic.write_text(target, buffer.getvalue())
+
+
+def load_index(source: str | Path) -> tuple[DataIndex, np.ndarray]:
+    """Read a table written by :func:`save_index`; return the index and its folds."""
+    with Path(source).open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    classes = sorted({r["label"] for r in rows}, key=_natural_key)
+    lookup = {name: i for i, name in enumerate(classes)}
+    has_group = any(r["group"] for r in rows)
+    index = DataIndex(
+        paths=tuple(r["path"] for r in rows),
+        labels=tuple(lookup[r["label"]] for r in rows),
+        classes=tuple(classes),
+        groups=tuple(r["group"] for r in rows) if has_group else None,
+    )
+    return index, np.asarray([int(r["fold"]) for r in rows], dtype=np.int64)
+
+
+def materialize_digits(datasets_dir: Path) -> Path:
+    """Write scikit-learn's bundled digits as PNG files (80/20 stratified train/test), once."""
+    root = datasets_dir / "digits"
+    if (root / "COMPLETE").is_file():
+        return root
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)  # 0..16 → 0..255
+    idx = np.arange(len(images))
+    train_idx, test_idx = train_test_split(
+        idx, test_size=0.2, stratify=digits.target, random_state=0
+    )
+    datasets_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=datasets_dir, prefix=".digits-"))
+    try:
+        for split, split_idx in (("train", train_idx), ("test", test_idx)):
+            for i in split_idx:
+                out = tmp / split / str(digits.target[i]) / f"{i:04d}.png"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(images[i], mode="L").save(out)
+        (tmp / "COMPLETE").write_text("scikit-learn digits, 80/20 stratified split, seed 0\n")
+        if root.exists() and not (root / "COMPLETE").is_file():  # an interrupted earlier write
+            shutil.rmtree(root)
+        try:
+            tmp.rename(root)
+        except OSError:
+            if not (root / "COMPLETE").is_file():  # not another process winning the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _natural_key(text: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", text))
+

@@ -1,0 +1,54 @@
+"""Scoring functions and their optimisation direction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, log_loss
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    direction: str  # "maximize" or "minimize"
+    fn: Callable[[np.ndarray, np.ndarray], float]  # (labels, probabilities) → score
+
+    def __call__(self, labels: np.ndarray, probs: np.ndarray) -> float:
+        return float(self.fn(labels, probs))
+
+    def better(self, a: float, b: float) -> bool:
+        """True when score ``a`` is strictly better than ``b``."""
+        return a > b if self.direction == "maximize" else a < b
+
+
+def _accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
+    return accuracy_score(labels, probs.argmax(axis=1))
+
+
+def _f1_macro(labels: np.ndarray, probs: np.ndarray) -> float:
+    classes = np.arange(probs.shape[1])
+    return f1_score(labels, probs.argmax(axis=1), labels=classes, average="macro", zero_division=0)
+
+
+def _log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    probs = np.clip(probs, 1e-7, 1.0)
+    return log_loss(labels, probs / probs.sum(axis=1, keepdims=True), labels=np.arange(probs.shape[1]))
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("accuracy", "maximize", _accuracy),
+        Metric("f1_macro", "maximize", _f1_macro),
+        Metric("log_loss", "minimize", _log_loss),
+    )
+}
+
+
+def get_metric(name: str) -> Metric:
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise ValueError(f"unknown metric {name!r}; choose one of {sorted(METRICS)}") from None

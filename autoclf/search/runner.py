@@ -1,0 +1,223 @@
+"""A search from start to end: prepare everything before the first trial, then run trials
+until the study holds ``trials`` finished ones (COMPLETE or PRUNED) or time runs out.
+
+Every check that can fail on bad input (data, space, pretrained weights, a study created
+with other settings) runs in :func:`prepare`, before any compute is spent.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+import autoclf
+from autoclf import atomic
+from autoclf.config import SearchConfig
+from autoclf.data import DataIndex, ImageCache, assign_folds, build_cache, build_index, load_index, save_index
+from autoclf.errors import AutoclfError, StudyMismatchError
+from autoclf.metrics import Metric, get_metric
+from autoclf.models import ensure_pretrained
+from autoclf.search.events import EventFn, TrialFinished, ignore
+from autoclf.search.objective import Objective
+from autoclf.search.space import SearchSpace, load_space
+from autoclf.search.storage import default_storage_url, mask_url, open_storage
+from autoclf.trainer import resolve_device
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+MAX_CONSECUTIVE_FAILURES = 3
+# Settings that define a study: resuming with any other value would mix incomparable trials.
+IDENTITY_KEYS = ("data", "folds", "seed", "metric")
+
+
+class SearchFailedError(AutoclfError):
+    """Trials keep failing; the message carries the last failure reason."""
+
+
+@dataclass
+class PreparedSearch:
+    config: SearchConfig
+    space: SearchSpace
+    metric: Metric
+    index: DataIndex
+    folds: np.ndarray
+    cache: ImageCache
+    study: optuna.Study
+    study_dir: Path
+    storage_url: str
+    resumed: bool
+
+    def finished(self) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def study_dir_for(config: SearchConfig) -> Path:
+    return Path(config.studies_dir).resolve() / config.study
+
+
+def prepare(
+    config: SearchConfig,
+    *,
+    allow_space_change: bool = False,
+    on_cache_progress: Callable[[int, int], None] | None = None,
+) -> PreparedSearch:
+    metric = get_metric(config.metric)
+    space = load_space(config.space)
+    study_dir = study_dir_for(config)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    _check_or_write_config(config, study_dir)
+    _check_or_write_space(space, study_dir, allow_change=allow_space_change)
+
+    index, folds = _index_with_folds(config, study_dir)
+    if space.may_use_pretrained:
+        ensure_pretrained(space.backbones)
+    cache = build_cache(
+        index.paths, size=space.max_image_size, cache_dir=study_dir / "cache",
+        on_progress=on_cache_progress,
+    )
+
+    storage_url = config.storage or default_storage_url(study_dir)
+    try:
+        storage = open_storage(storage_url)
+    except Exception as exc:  # SQLAlchemy/driver errors carry the URL; never show its password
+        raise AutoclfError(f"cannot open storage {mask_url(storage_url)}: {mask_url(str(exc))}") from exc
+    resumed = config.study in {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    study = optuna.create_study(
+        storage=storage,
+        study_name=config.study,
+        direction=metric.direction,
+        sampler=space.make_sampler(config.seed),
+        pruner=space.make_pruner(),
+        load_if_exists=True,
+    )
+    _check_or_write_study_attrs(study, config, space, index)
+    return PreparedSearch(config, space, metric, index, folds, cache, study, study_dir, storage_url, resumed)
+
+
+def run(prepared: PreparedSearch, *, on_event: EventFn = ignore) -> optuna.Study:
+    """Run trials until ``config.trials`` have finished in total (a resume counts old ones)."""
+    config, study = prepared.config, prepared.study
+    if prepared.finished() >= config.trials:
+        return study
+    objective = Objective(
+        space=prepared.space,
+        images=prepared.cache.images,
+        labels=prepared.index.label_array,
+        folds=prepared.folds,
+        num_classes=len(prepared.index.classes),
+        metric=prepared.metric,
+        seed=config.seed,
+        device=resolve_device(config.device),
+        study_dir=prepared.study_dir,
+        on_event=on_event,
+        loader_workers=config.loader_workers,
+    )
+    failures: list[optuna.trial.FrozenTrial] = []
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        on_event(TrialFinished(trial, _best_or_none(study)))
+        failures[:] = [*failures, trial] if trial.state == TrialState.FAIL else []
+        if len(failures) >= MAX_CONSECUTIVE_FAILURES:
+            study.stop()
+
+    study.optimize(
+        objective,
+        timeout=config.timeout,
+        catch=(Exception,),
+        callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=FINISHED), after_trial],
+    )
+    if len(failures) >= MAX_CONSECUTIVE_FAILURES:
+        reason = failures[-1].user_attrs.get("fail_reason", "unknown error")
+        raise SearchFailedError(
+            f"{len(failures)} trials in a row failed (trials {[t.number for t in failures]}); "
+            f"the last one with: {reason}"
+        )
+    return study
+
+
+def _best_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:  # no COMPLETE trial yet
+        return None
+
+
+def _index_with_folds(config: SearchConfig, study_dir: Path) -> tuple[DataIndex, np.ndarray]:
+    index = build_index(config.data, datasets_dir=Path(config.studies_dir).resolve() / "_datasets")
+    saved_path = study_dir / "index.csv"
+    if saved_path.is_file():
+        saved, folds = load_index(saved_path)
+        if saved.paths != index.paths or saved.labels != index.labels or saved.groups != index.groups:
+            added = len(set(index.paths) - set(saved.paths))
+            removed = len(set(saved.paths) - set(index.paths))
+            raise StudyMismatchError(
+                f"the data changed since study {config.study!r} was created "
+                f"({added} image(s) added, {removed} removed, or labels/groups changed); "
+                f"start a new study with another --study name"
+            )
+        return saved, folds  # the same folds as every earlier run of this study
+    folds = assign_folds(
+        index.label_array, n_splits=config.folds, seed=config.seed,
+        groups=index.groups, classes=index.classes,
+    )
+    save_index(index, folds, saved_path)
+    return index, folds
+
+
+def _check_or_write_config(config: SearchConfig, study_dir: Path) -> None:
+    path = study_dir / "config.json"
+    current = config.to_dict()
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        diff = [f"{k}: {saved.get(k)!r} → {current[k]!r}" for k in IDENTITY_KEYS if saved.get(k) != current[k]]
+        if diff:
+            raise StudyMismatchError(
+                f"study {config.study!r} was created with other settings ({'; '.join(diff)}); "
+                "re-run with the original values or use another --study name"
+            )
+    atomic.write_json(path, current)
+
+
+def _check_or_write_space(space: SearchSpace, study_dir: Path, *, allow_change: bool) -> None:
+    path = study_dir / "space.yaml"
+    if path.is_file() and path.read_text() != space.source and not allow_change:
+        diff = "".join(
+            difflib.unified_diff(
+                path.read_text().splitlines(keepends=True), space.source.splitlines(keepends=True),
+                fromfile="study's space.yaml", tofile=f"{space.name} (this run)",
+            )
+        )
+        raise StudyMismatchError(
+            f"the search space differs from the one this study was created with:\n{diff}\n"
+            "Trials sampled from different spaces do not compare; pass --allow-space-change "
+            "to go on anyway, or use another --study name."
+        )
+    atomic.write_text(path, space.source)
+
+
+def _check_or_write_study_attrs(study: optuna.Study, config: SearchConfig, space: SearchSpace, index: DataIndex) -> None:
+    attrs = {
+        "autoclf_version": autoclf.__version__,
+        "data": config.data,
+        "metric": config.metric,
+        "folds": config.folds,
+        "seed": config.seed,
+        "space": space.name,
+        "classes": list(index.classes),
+        "n_images": len(index),
+    }
+    existing = study.user_attrs
+    if existing.get("metric") not in (None, config.metric):
+        raise StudyMismatchError(
+            f"study {config.study!r} in this storage optimises {existing['metric']!r}, "
+            f"not {config.metric!r}; use another --study name"
+        )
+    for key, value in attrs.items():
+        if existing.get(key) != value:
+            study.set_user_attr(key, value)

@@ -1,0 +1,239 @@
+"""The shared trainer: one model on one fold (or on everything), top to bottom.
+
+Every trial of every study goes through :func:`fit`. It takes images from the shared decoded
+cache, so the only per-sample CPU work is augmentation.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from autoclf.augment import eval_transform, train_transform
+from autoclf.config import TrainParams
+from autoclf.metrics import Metric
+from autoclf.models import create_model, normalization
+from autoclf.optim import LRSchedule, build_optimizer
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What the per-epoch hook sees. ``score`` is None when there is no validation set."""
+
+    epoch: int
+    epochs: int
+    train_loss: float
+    score: float | None
+    best_score: float | None
+    lr: float
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    best_epoch: int  # the epoch whose validation score and probabilities are kept
+    best_score: float | None
+    val_probs: np.ndarray | None  # (len(val_idx), num_classes), float32, at best_epoch
+    epochs_run: int
+    history: list[EpochReport] = field(default_factory=list)
+    state_dict: dict[str, torch.Tensor] | None = None  # best weights, on the CPU, if asked for
+
+
+class CachedImages(Dataset):
+    """Rows ``indices`` of the shared uint8 cache, augmented, as (uint8 CHW tensor, label)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, transform):
+        self.images, self.labels, self.indices, self.transform = images, labels, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        j = self.indices[i]
+        # np.array copies the row out of the read-only memory map (torch wants writable memory).
+        return self.transform(image=np.array(self.images[j]))["image"], int(self.labels[j])
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} asked for, but CUDA is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def fit(
+    params: TrainParams,
+    *,
+    images: np.ndarray,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray | None,
+    num_classes: int,
+    metric: Metric,
+    seed: int,
+    device: torch.device,
+    loader_workers: int | None = None,
+    keep_weights: bool = False,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> FitResult:
+    """Train ``params.backbone`` on ``train_idx`` and score each epoch on ``val_idx``.
+
+    ``on_epoch`` runs after every epoch and may raise (``optuna.TrialPruned``) to stop. With
+    ``val_idx=None`` it trains all ``params.epochs`` epochs and keeps the last weights.
+    """
+    seed_everything(seed)
+    cuda = device.type == "cuda"
+    workers = _loader_workers(loader_workers, device)
+
+    model = create_model(params, num_classes=num_classes).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    mean, std = normalization(params.backbone)
+    mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+
+    def to_input(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device, non_blocking=True).float().sub_(mean).div_(std)
+        return x.contiguous(memory_format=torch.channels_last) if cuda else x
+
+    # bf16 needs no loss scaling; fp16 (older GPUs) does. The CPU trains in fp32.
+    amp_dtype = None
+    if cuda and params.amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else nullcontext
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    train_set = CachedImages(
+        images, labels, train_idx,
+        train_transform(strength=params.aug_strength, size=params.image_size, seed=seed),
+    )
+    # Dropping the ragged last batch keeps BatchNorm away from a batch of one.
+    drop_last = len(train_idx) > params.batch_size
+    train_loader = DataLoader(
+        train_set, batch_size=params.batch_size, shuffle=True, drop_last=drop_last,
+        num_workers=workers, pin_memory=cuda, worker_init_fn=_reseed_worker,
+        generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0,
+    )
+    val_loader = None
+    if val_idx is not None:
+        val_set = CachedImages(images, labels, val_idx, eval_transform(size=params.image_size))
+        val_loader = DataLoader(
+            val_set, batch_size=max(params.batch_size, 256), num_workers=workers,
+            pin_memory=cuda, persistent_workers=workers > 0,
+        )
+
+    optimizer = build_optimizer(model, params)
+    schedule = LRSchedule(optimizer, params, steps_per_epoch=len(train_loader))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+
+    result = FitResult(best_epoch=0, best_score=None, val_probs=None, epochs_run=0)
+    timer = _Timer(device)
+    for epoch in range(1, params.epochs + 1):
+        timer.start()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        for step, (x, y) in enumerate(train_loader):
+            x, y = to_input(x), y.to(device, non_blocking=True)
+            with autocast():
+                loss = loss_fn(model(x), y)
+            # This check is a CPU–GPU sync point; it is what stops a diverged run within a step.
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss became {loss.item()} at epoch {epoch}, step {step + 1} "
+                    f"(lr={schedule.lr:.3g}, {params.optimizer})"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if params.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            loss_sum += loss.detach()
+        train_loss = loss_sum.item() / max(1, len(train_loader))
+
+        score = None
+        improved = val_loader is None
+        if val_loader is not None:
+            probs = predict_probs(model, val_loader, to_input=to_input, autocast=autocast)
+            score = metric(labels[val_idx], probs)
+            improved = result.best_score is None or metric.better(score, result.best_score)
+            if improved:
+                result.best_score, result.val_probs = score, probs
+        if improved:
+            result.best_epoch = epoch
+            if keep_weights:
+                result.state_dict = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        schedule.epoch_end(improved=improved)
+        result.epochs_run = epoch
+
+        report = EpochReport(epoch, params.epochs, train_loss, score, result.best_score,
+                             schedule.lr, timer.stop())
+        result.history.append(report)
+        if on_epoch is not None:
+            on_epoch(report)
+        if params.patience and val_loader is not None and epoch - result.best_epoch >= params.patience:
+            break
+    return result
+
+
+@torch.inference_mode()
+def predict_probs(model: torch.nn.Module, loader: DataLoader, *, to_input, autocast=nullcontext) -> np.ndarray:
+    model.eval()
+    chunks = []
+    for x, _ in loader:
+        with autocast():
+            logits = model(to_input(x))
+        chunks.append(torch.softmax(logits.float(), dim=1))
+    # One transfer at the end instead of a sync per batch.
+    return torch.cat(chunks).cpu().numpy().astype(np.float32)
+
+
+def _loader_workers(requested: int | None, device: torch.device) -> int:
+    if requested is not None:
+        return requested
+    if device.type != "cuda":
+        return 0  # on a CPU the training itself needs every core; workers would compete
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def _reseed_worker(worker_id: int) -> None:
+    # Albumentations keeps its own RNG; give each worker (and each epoch) a distinct stream.
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
+class _Timer:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.t0 = 0.0
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - self.t0

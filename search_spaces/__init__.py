@@ -1,0 +1,1 @@
+"""Shipped search spaces (YAML); see README for the format."""
