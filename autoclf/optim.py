@@ -51,8 +51,9 @@ class LRSchedule:
     def factor(self, t: int) -> float:
         """The LR multiplier at step ``t`` (before the plateau scale)."""
         if t < self.warmup:
-            start = 1 / 25 if self.kind == "onecycle" else 0.0
-            return start + (1 - start) * (t + 1) / self.warmup
+            # OneCycle rises from lr/25; a plain warmup from lr/warmup, so step 0 still learns.
+            start = 1 / 25 if self.kind == "onecycle" else 1 / self.warmup
+            return start + (1 - start) * t / self.warmup
         progress = (t - self.warmup) / max(1, self.total - self.warmup)
         if self.kind == "cosine":
             return self.MIN_RATIO + (1 - self.MIN_RATIO) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -172,6 +172,11 @@ def parse_space(text: str, *, name: str = "space", where: str = "<space>") -> Se
         pruner=_parse_section(doc.get("pruner"), PRUNERS, DEFAULT_PRUNER, "pruner", where),
     )
     _check_backbones(space, where)
+    if "sgd" in space.possible("optimizer") and min(space.possible("momentum")) <= 0:
+        raise SpaceError(
+            f"{where}: optimizer 'sgd' is SGD with Nesterov momentum, which needs momentum > 0; "
+            "raise params.momentum or use optimizer 'momentum' (plain SGD)"
+        )
     return space
 
 
@@ -264,8 +269,9 @@ def _parse_param(key: str, raw: Any, where: str) -> ParamSpec:
             raise SpaceError(f"{loc}.choices must be a non-empty list, got {choices!r}")
         return ParamSpec(key, kind, choices=tuple(value(c, f".choices[{i}]") for i, c in enumerate(choices)))
     if kind_of_value not in (int, float) or (kind == "float" and kind_of_value is int):
+        noun = {int: "an int", float: "a float", str: "a string", bool: "a true/false"}[kind_of_value]
         raise SpaceError(
-            f"{loc}: type {kind} does not fit a {kind_of_value.__name__} parameter; "
+            f"{loc}: type {kind} does not fit {noun} parameter; "
             + ("use type: int" if kind_of_value is int else "use a fixed value or type: categorical")
         )
     for required in ("low", "high"):

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Tests never reach the network: timm's pretrained downloads must fail fast, not retry.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def save_image(path: Path, *, mode: str = "RGB", size: tuple[int, int] = (20, 16), seed: int = 0) -> Path:
+    """Write a small random image in ``mode`` (format from the suffix)."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    if mode == "RGB":
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
+    elif mode == "L":
+        im = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8), "L")
+    elif mode == "RGBA":
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA")
+    elif mode == "CMYK":
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB").convert("CMYK")
+    elif mode == "P":
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB").convert("P")
+    elif mode == "I;16":
+        im = Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16))
+    else:
+        raise ValueError(mode)
+    im.save(path)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """ImageFolder layout: 3 classes (cat 6, dog 5, emu 4 images)."""
+    root = tmp_path / "images"
+    for name, n in (("cat", 6), ("dog", 5), ("emu", 4)):
+        for i in range(n):
+            save_image(root / name / f"{i}.png", seed=hash((name, i)) % 1000)
+    return root

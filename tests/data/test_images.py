@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from autoclf.data.images import load_rgb
+from autoclf.errors import DataError
+from tests.conftest import save_image
+
+
+@pytest.mark.parametrize("mode,suffix", [("RGB", ".jpg"), ("L", ".png"), ("RGBA", ".png"),
+                                         ("CMYK", ".jpg"), ("P", ".gif"), ("I;16", ".png")])
+def test_every_mode_becomes_uint8_rgb(tmp_path, mode, suffix):
+    path = save_image(tmp_path / f"x{suffix}", mode=mode, size=(20, 16))
+    arr = load_rgb(path)
+    assert arr.dtype == np.uint8
+    assert arr.shape == (16, 20, 3)
+
+
+def test_sixteen_bit_range_is_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    arr = load_rgb(tmp_path / "deep.png")
+    assert arr.min() == 0 and arr.max() == 255
+    assert len(np.unique(arr[:, :, 0])) > 32  # a ramp, not a two-level clip
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    im = Image.new("RGB", (30, 10), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    im.save(tmp_path / "phone.jpg", exif=exif)
+    assert load_rgb(tmp_path / "phone.jpg").shape == (30, 10, 3)
+
+
+def test_truncated_jpeg_fails_with_its_path(tmp_path):
+    path = save_image(tmp_path / "big.jpg", size=(200, 200))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="big.jpg"):
+        load_rgb(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not an image"])
+def test_non_image_fails_with_its_path(tmp_path, content):
+    path = tmp_path / "fake.jpg"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match="fake.jpg"):
+        load_rgb(path)

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autoclf.data import build_index, load_index, save_index
+from autoclf.errors import DataError
+from tests.conftest import save_image
+
+
+def test_folder_index_classes_and_counts(image_folder, tmp_path):
+    (image_folder / "cat" / ".DS_Store").write_text("junk")
+    (image_folder / "dog" / "notes.txt").write_text("not an image")
+    index = build_index(image_folder, datasets_dir=tmp_path)
+    assert index.classes == ("cat", "dog", "emu")
+    assert index.class_counts() == {"cat": 6, "dog": 5, "emu": 4}
+    assert all(p.endswith(".png") for p in index.paths)
+    assert index.groups is None
+
+
+def test_folder_with_empty_class_names_it(image_folder, tmp_path):
+    (image_folder / "fox").mkdir()
+    with pytest.raises(DataError, match="'fox' is empty"):
+        build_index(image_folder, datasets_dir=tmp_path)
+
+
+def test_folder_without_class_folders(tmp_path):
+    save_image(tmp_path / "flat" / "a.png")
+    with pytest.raises(DataError, match="no class sub-folders"):
+        build_index(tmp_path / "flat", datasets_dir=tmp_path)
+
+
+def test_missing_data_is_named(tmp_path):
+    with pytest.raises(DataError, match="nope"):
+        build_index(tmp_path / "nope", datasets_dir=tmp_path)
+
+
+def test_csv_index_with_groups_and_relative_paths(tmp_path):
+    for i in range(4):
+        save_image(tmp_path / "imgs" / f"{i}.png", seed=i)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label,group\nimgs/0.png,b,g1\nimgs/1.png,a,g1\nimgs/2.png,b,g2\nimgs/3.png,a,g3\n")
+    index = build_index(csv, datasets_dir=tmp_path)
+    assert index.classes == ("a", "b")
+    assert index.labels == (1, 0, 1, 0)
+    assert index.groups == ("g1", "g1", "g2", "g3")
+    assert index.paths[0] == str((tmp_path / "imgs" / "0.png").resolve())
+
+
+def test_csv_numeric_labels_sort_naturally(tmp_path):
+    rows = []
+    for i, label in enumerate(["10", "2", "1"]):
+        save_image(tmp_path / f"{i}.png", seed=i)
+        rows.append(f"{i}.png,{label}")
+    (tmp_path / "d.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    assert build_index(tmp_path / "d.csv", datasets_dir=tmp_path).classes == ("1", "2", "10")
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("file,label\na.png,x\n", r"missing column\(s\) \['path'\]"),
+        ("path,label\nmissing.png,x\n", "missing.png"),
+        ("path,label\na.png,x\na.png,y\n", "duplicate path 'a.png'"),
+        ("path,label\n", "no rows"),
+        ("path,label,group\na.png,x,\n", "empty group"),
+    ],
+)
+def test_csv_problems_are_named(tmp_path, body, message):
+    save_image(tmp_path / "a.png")
+    (tmp_path / "d.csv").write_text(body)
+    with pytest.raises(DataError, match=message):
+        build_index(tmp_path / "d.csv", datasets_dir=tmp_path)
+
+
+def test_digits_train_and_test_are_disjoint_images_on_disk(tmp_path):
+    train = build_index("digits", datasets_dir=tmp_path)
+    test = build_index("digits-test", datasets_dir=tmp_path)
+    assert (len(train), len(test)) == (1437, 360)
+    assert train.classes == test.classes == tuple(str(d) for d in range(10))
+    assert not set(train.paths) & set(test.paths)
+    assert all(p.endswith(".png") for p in train.paths)
+    # A second call reuses the files instead of writing them again.
+    before = (tmp_path / "digits" / "COMPLETE").stat().st_mtime_ns
+    build_index("digits", datasets_dir=tmp_path)
+    assert (tmp_path / "digits" / "COMPLETE").stat().st_mtime_ns == before
+
+
+def test_save_and_load_round_trip(tmp_path):
+    save_image(tmp_path / "a,b.png")  # a comma in the name must survive the CSV
+    save_image(tmp_path / "c.png")
+    (tmp_path / "d.csv").write_text('path,label,group\n"a,b.png",x,g\nc.png,y,h\n')
+    index = build_index(tmp_path / "d.csv", datasets_dir=tmp_path)
+    folds = np.array([1, 0])
+    save_index(index, folds, tmp_path / "index.csv")
+    loaded, loaded_folds = load_index(tmp_path / "index.csv")
+    assert loaded == index
+    assert loaded_folds.tolist() == [1, 0]

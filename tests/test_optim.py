@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autoclf.config import TrainParams
+from autoclf.optim import LRSchedule, build_optimizer
+
+
+def _lrs(scheduler: str, *, epochs=10, steps=10, warmup=1.0, improved=None):
+    model = torch.nn.Linear(2, 2)
+    params = TrainParams(backbone="test_resnet", lr=0.1, epochs=epochs, scheduler=scheduler, warmup_epochs=warmup)
+    opt = build_optimizer(model, params)
+    schedule = LRSchedule(opt, params, steps_per_epoch=steps)
+    lrs = []
+    for epoch in range(epochs):
+        for _ in range(steps):
+            lrs.append(schedule.lr)
+            schedule.step()
+        schedule.epoch_end(improved=improved(epoch) if improved else True)
+    return lrs
+
+
+def test_warmup_rises_linearly_to_peak():
+    lrs = _lrs("cosine")
+    assert lrs[0] == pytest.approx(0.01)
+    assert lrs[10] == pytest.approx(0.1)  # the first step after one epoch of warmup
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))
+
+
+def test_cosine_decays_to_floor():
+    lrs = _lrs("cosine", warmup=0)
+    assert lrs[0] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[-1] == pytest.approx(0.1 * LRSchedule.MIN_RATIO, rel=0.05)
+
+
+def test_step_drops_tenfold_at_half_and_three_quarters():
+    lrs = _lrs("step", warmup=0, epochs=4, steps=10)
+    assert lrs[19] == pytest.approx(0.1) and lrs[20] == pytest.approx(0.01) and lrs[30] == pytest.approx(0.001)
+
+
+def test_onecycle_starts_low_peaks_then_anneals():
+    lrs = _lrs("onecycle", warmup=0)
+    peak = lrs.index(max(lrs))
+    assert lrs[0] == pytest.approx(0.1 / 25)
+    assert 25 <= peak <= 35  # 30% of 100 steps
+    assert lrs[-1] < 1e-4
+
+
+def test_plateau_drops_after_patience_epochs_without_improvement():
+    lrs = _lrs("plateau", warmup=0, epochs=6, steps=1, improved=lambda e: e < 2)
+    assert lrs[:4] == pytest.approx([0.1] * 4)
+    assert lrs[4] == pytest.approx(0.01)
+
+
+def test_no_weight_decay_on_biases():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    opt = build_optimizer(model, TrainParams(backbone="test_resnet", weight_decay=0.05))
+    decays = {g["weight_decay"]: len(g["params"]) for g in opt.param_groups}
+    assert decays == {0.0: 3, 0.05: 1}

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from autoclf.config import TrainParams
+from autoclf.data import assign_folds, build_cache, build_index
+from autoclf.metrics import get_metric
+from autoclf.trainer import NonFiniteLossError, fit
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    index = build_index("digits", datasets_dir=root)
+    cache = build_cache(index.paths, size=16, cache_dir=root / "cache")
+    # A 600-image subset keeps these tests to seconds.
+    keep = np.sort(np.random.default_rng(0).choice(len(index), 600, replace=False))
+    labels = index.label_array[keep]
+    folds = assign_folds(labels, n_splits=3, seed=0)
+    return np.asarray(cache.images)[keep], labels, folds
+
+
+def _fit(digits, on_epoch=None, **overrides):
+    images, labels, folds = digits
+    params = TrainParams(**{"backbone": "test_efficientnet", "image_size": 16, "epochs": 4, "lr": 5e-3,
+                            "batch_size": 32, "warmup_epochs": 0.5, **overrides})
+    return fit(params, images=images, labels=labels, train_idx=np.flatnonzero(folds != 0),
+               val_idx=np.flatnonzero(folds == 0), num_classes=10, metric=get_metric("accuracy"),
+               seed=7, device=torch.device("cpu"), on_epoch=on_epoch)
+
+
+def test_learns_digits_and_hook_sees_every_epoch(digits):
+    seen = []
+    result = _fit(digits, on_epoch=seen.append)
+    assert [r.epoch for r in seen] == [1, 2, 3, 4] == [r.epoch for r in result.history]
+    assert result.best_score > 0.6  # chance is 0.1
+    assert result.best_score == max(r.score for r in seen)
+    assert result.val_probs.shape == (200, 10)
+    assert np.allclose(result.val_probs.sum(axis=1), 1.0, atol=1e-4)
+    assert result.history[-1].train_loss < result.history[0].train_loss
+
+
+def test_same_seed_same_result(digits):
+    a = _fit(digits, epochs=2, aug_strength=0.5)
+    b = _fit(digits, epochs=2, aug_strength=0.5)
+    assert np.array_equal(a.val_probs, b.val_probs)
+
+
+def test_hook_can_stop_training(digits):
+    class Stop(Exception):
+        pass
+
+    def stop_at_two(report):
+        if report.epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        _fit(digits, on_epoch=stop_at_two)
+
+
+def test_early_stopping_keeps_best_epoch(digits):
+    # With no learning to speak of, the score stalls and training stops early.
+    result = _fit(digits, lr=1e-12, scheduler="constant", warmup_epochs=0, epochs=10, patience=2)
+    assert result.epochs_run < 10
+    assert result.epochs_run == result.best_epoch + 2
+    best = max(result.history, key=lambda r: r.score)
+    assert best.epoch == result.best_epoch and best.score == result.best_score
+
+
+def test_non_finite_loss_stops_within_a_step(digits):
+    with pytest.raises(NonFiniteLossError, match="epoch 1"):
+        _fit(digits, optimizer="sgd", lr=1e6, scheduler="constant", warmup_epochs=0,
+             grad_clip=0.0, label_smoothing=0.0)
+
+
+def test_train_without_validation_keeps_last_weights(digits):
+    images, labels, _ = digits
+    params = TrainParams(backbone="test_resnet", image_size=16, epochs=2, batch_size=64)
+    result = fit(params, images=images, labels=labels, train_idx=np.arange(len(labels)), val_idx=None,
+                 num_classes=10, metric=get_metric("accuracy"), seed=0, device=torch.device("cpu"),
+                 keep_weights=True)
+    assert result.best_epoch == 2 and result.best_score is None and result.val_probs is None
+    assert result.state_dict and all(t.device.type == "cpu" for t in result.state_dict.values())
