@@ -32,8 +32,12 @@ def train_transform(*, strength: float, size: int, seed: int | None = None) -> A
     ]
     if s >= 0.5:
         ops.append(
-            A.CoarseDropout(num_holes_range=(1, 2), hole_height_range=(0.1, 0.25),
-                            hole_width_range=(0.1, 0.25), p=0.5 * s)
+            A.CoarseDropout(
+                num_holes_range=(1, 2),
+                hole_height_range=(0.1, 0.25),
+                hole_width_range=(0.1, 0.25),
+                p=0.5 * s,
+            )
         )
     return A.Compose([*ops, ToTensorV2()], seed=seed)
 

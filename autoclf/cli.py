@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -64,26 +63,56 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run, or resume, an Optuna study of image-classification trials. "
         "Re-running the same command resumes: --trials counts finished trials in total.",
     )
-    search.add_argument("data", metavar="DATA",
-                        help=f"a folder of class folders, a CSV (path,label[,group]), or one of {list(BUILTIN)}")
-    search.add_argument("--study", required=True, help="study name (also its folder under --studies-dir)")
-    search.add_argument("--space", default=None,
-                        help="search space: a shipped name (tiny, default) or a YAML path "
-                        "(default: 'default' with CUDA, else 'tiny')")
-    search.add_argument("--trials", type=_positive_int, default=20,
-                        help="finished (complete or pruned) trials to reach in total (default 20)")
-    search.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+    search.add_argument(
+        "data",
+        metavar="DATA",
+        help=f"a folder of class folders, a CSV (path,label[,group]), or one of {list(BUILTIN)}",
+    )
+    search.add_argument(
+        "--study", required=True, help="study name (also its folder under --studies-dir)"
+    )
+    search.add_argument(
+        "--space",
+        default=None,
+        help="search space: a shipped name (tiny, default) or a YAML path "
+        "(default: 'default' with CUDA, else 'tiny')",
+    )
+    search.add_argument(
+        "--trials",
+        type=_positive_int,
+        default=20,
+        help="finished (complete or pruned) trials to reach in total (default 20)",
+    )
+    search.add_argument(
+        "--timeout", type=float, default=None, help="stop starting trials after this many seconds"
+    )
     search.add_argument("--folds", type=int, default=5, help="K for stratified K-fold (default 5)")
-    search.add_argument("--seed", type=int, default=0, help="seed for folds, sampler and training (default 0)")
-    search.add_argument("--metric", choices=sorted(METRICS), default="accuracy", help="CV metric (default accuracy)")
-    search.add_argument("--storage", default=None,
-                        help="Optuna storage URL (default: sqlite file in the study folder)")
-    search.add_argument("--studies-dir", default="studies", help="where studies live (default ./studies)")
+    search.add_argument(
+        "--seed", type=int, default=0, help="seed for folds, sampler and training (default 0)"
+    )
+    search.add_argument(
+        "--metric", choices=sorted(METRICS), default="accuracy", help="CV metric (default accuracy)"
+    )
+    search.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL (default: sqlite file in the study folder)",
+    )
+    search.add_argument(
+        "--studies-dir", default="studies", help="where studies live (default ./studies)"
+    )
     search.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    search.add_argument("--loader-workers", type=int, default=None,
-                        help="DataLoader worker processes (default: 0 on CPU, up to 8 on CUDA)")
-    search.add_argument("--allow-space-change", action="store_true",
-                        help="resume even though the space file differs from the study's")
+    search.add_argument(
+        "--loader-workers",
+        type=int,
+        default=None,
+        help="DataLoader worker processes (default: 0 on CPU, up to 8 on CUDA)",
+    )
+    search.add_argument(
+        "--allow-space-change",
+        action="store_true",
+        help="resume even though the space file differs from the study's",
+    )
     search.set_defaults(run=cmd_search)
     return parser
 
@@ -106,27 +135,56 @@ def cmd_search(args: argparse.Namespace) -> int:
         import torch
 
         space = "default" if torch.cuda.is_available() else "tiny"
-        console.print(f"space: [bold]{space}[/] ({'CUDA found' if space == 'default' else 'no CUDA device'}; "
-                      "choose with --space)")
+        console.print(
+            f"space: [bold]{space}[/] ({'CUDA found' if space == 'default' else 'no CUDA device'}; "
+            "choose with --space)"
+        )
     data = args.data if args.data in BUILTIN else str(Path(args.data).expanduser().resolve())
     config = SearchConfig(
-        data=data, study=args.study, space=space, folds=args.folds, seed=args.seed,
-        metric=args.metric, trials=args.trials, timeout=args.timeout, storage=args.storage,
-        studies_dir=args.studies_dir, device=args.device, loader_workers=args.loader_workers,
+        data=data,
+        study=args.study,
+        space=space,
+        folds=args.folds,
+        seed=args.seed,
+        metric=args.metric,
+        trials=args.trials,
+        timeout=args.timeout,
+        storage=args.storage,
+        studies_dir=args.studies_dir,
+        device=args.device,
+        loader_workers=args.loader_workers,
     )
     with _progress("decoding images into the cache") as (progress, advance):
-        prepared = prepare(config, allow_space_change=args.allow_space_change, on_cache_progress=advance)
+        prepared = prepare(
+            config, allow_space_change=args.allow_space_change, on_cache_progress=advance
+        )
 
     index, study = prepared.index, prepared.study
     counts = ", ".join(f"{name} {n}" for name, n in index.class_counts().items())
-    console.print(f"data: {len(index)} images, {len(index.classes)} classes ({counts})", highlight=False)
-    console.print(f"study [bold]{study.study_name}[/]: "
-                  + (f"resumed with {prepared.finished()} finished trial(s)" if prepared.resumed else "created")
-                  + f"; {config.folds}-fold CV on {config.metric}; space {prepared.space.name}")
-    console.print(f"storage: {mask_url(prepared.storage_url)}", highlight=False)
-    console.print(f"dashboard: [bold]{dashboard_command(prepared.storage_url)}[/]", highlight=False)
+    console.print(
+        f"data: {len(index)} images, {len(index.classes)} classes ({counts})", highlight=False
+    )
+    console.print(
+        f"study [bold]{study.study_name}[/]: "
+        + (
+            f"resumed with {prepared.finished()} finished trial(s)"
+            if prepared.resumed
+            else "created"
+        )
+        + f"; {config.folds}-fold CV on {config.metric}; space {prepared.space.name}"
+    )
+    # soft_wrap: a command or URL broken over two lines cannot be copied and pasted.
+    console.print(f"storage: {mask_url(prepared.storage_url)}", highlight=False, soft_wrap=True)
+    console.print(
+        f"dashboard: [bold]{dashboard_command(prepared.storage_url)}[/]",
+        highlight=False,
+        soft_wrap=True,
+    )
     if prepared.finished() >= config.trials:
-        console.print(f"already {prepared.finished()} finished trials (target --trials {config.trials}); nothing to run")
+        console.print(
+            f"already {prepared.finished()} finished trials "
+            f"(target --trials {config.trials}); nothing to run"
+        )
     else:
         view = _LiveTrial(config.metric)
         with Live(view, console=console, refresh_per_second=4, transient=True):
@@ -151,8 +209,9 @@ class _LiveTrial:
         elif isinstance(event, EpochDone):
             r = event.report
             self.text = Text(
-                f"trial {event.number}: fold {event.fold + 1}/{event.folds}  epoch {r.epoch}/{r.epochs}  "
-                f"{self.metric} {r.score:.4f} (fold best {r.best_score:.4f})  loss {r.train_loss:.3f}  "
+                f"trial {event.number}: fold {event.fold + 1}/{event.folds}  "
+                f"epoch {r.epoch}/{r.epochs}  {self.metric} {r.score:.4f} "
+                f"(fold best {r.best_score:.4f})  loss {r.train_loss:.3f}  "
                 f"lr {r.lr:.2e}  {r.seconds:.1f}s/epoch"
             )
         elif isinstance(event, TrialFinished):
@@ -183,8 +242,13 @@ def leaderboard(study: optuna.Study, metric: str, top: int = 10) -> Table:
     for t in study.get_trials(deepcopy=False):
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-    table = Table(title=f"study {study.study_name}: {summary}", title_justify="left",
-                  box=None, header_style="bold underline", padding=(0, 1, 0, 0))
+    table = Table(
+        title=f"study {study.study_name}: {summary}",
+        title_justify="left",
+        box=None,
+        header_style="bold underline",
+        padding=(0, 1, 0, 0),
+    )
     table.add_column("#", justify="right")
     table.add_column(f"{metric} ±sd", justify="right", no_wrap=True)
     for key in KEY_PARAMS:
@@ -193,9 +257,14 @@ def leaderboard(study: optuna.Study, metric: str, top: int = 10) -> Table:
     table.add_column("time", justify="right")
     for t in trials[:top]:
         table.add_row(
-            str(t.number), f"{t.value:.4f}±{t.user_attrs.get('cv_std', 0):.3f}",
-            *(_fmt_value(t.params.get(k, t.user_attrs.get("config", {}).get(k, ""))) for k in KEY_PARAMS),
-            str(t.user_attrs.get("epochs_run", "")), f"{t.user_attrs.get('duration_s', 0):.0f}s",
+            str(t.number),
+            f"{t.value:.4f}±{t.user_attrs.get('cv_std', 0):.3f}",
+            *(
+                _fmt_value(t.params.get(k, t.user_attrs.get("config", {}).get(k, "")))
+                for k in KEY_PARAMS
+            ),
+            str(t.user_attrs.get("epochs_run", "")),
+            f"{t.user_attrs.get('duration_s', 0):.0f}s",
         )
     return table
 
@@ -217,8 +286,14 @@ class _progress:
         self.description = description
 
     def __enter__(self) -> tuple[Progress, Callable[[int, int], None]]:
-        self.progress = Progress(TextColumn(self.description), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), console=console, transient=True)
+        self.progress = Progress(
+            TextColumn(self.description),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
         self.progress.start()
         self.task = None
 

@@ -34,7 +34,9 @@ def _f1_macro(labels: np.ndarray, probs: np.ndarray) -> float:
 
 def _log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
     probs = np.clip(probs, 1e-7, 1.0)
-    return log_loss(labels, probs / probs.sum(axis=1, keepdims=True), labels=np.arange(probs.shape[1]))
+    return log_loss(
+        labels, probs / probs.sum(axis=1, keepdims=True), labels=np.arange(probs.shape[1])
+    )
 
 
 METRICS: dict[str, Metric] = {

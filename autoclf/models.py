@@ -72,7 +72,11 @@ def _weights_cached(name: str) -> bool:
         from huggingface_hub import try_to_load_from_cache
 
         repo = cfg.hf_hub_id.split("@")[0]
-        files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        files = (
+            [cfg.hf_hub_filename]
+            if cfg.hf_hub_filename
+            else ["model.safetensors", "pytorch_model.bin"]
+        )
         if any(isinstance(try_to_load_from_cache(repo, f), str) for f in files):
             return True
     if cfg.url:

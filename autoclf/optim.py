@@ -34,7 +34,9 @@ class LRSchedule:
     PLATEAU_PATIENCE = 2  # epochs without improvement before the LR drops
     PLATEAU_FACTOR = 0.1
 
-    def __init__(self, optimizer: torch.optim.Optimizer, params: TrainParams, *, steps_per_epoch: int):
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, params: TrainParams, *, steps_per_epoch: int
+    ):
         self.optimizer = optimizer
         self.kind = params.scheduler
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
@@ -83,5 +85,5 @@ class LRSchedule:
 
     def _apply(self) -> None:
         scale = self.factor(min(self.t, self.total - 1)) * self.plateau_scale
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * scale

@@ -125,22 +125,33 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     train_set = CachedImages(
-        images, labels, train_idx,
+        images,
+        labels,
+        train_idx,
         train_transform(strength=params.aug_strength, size=params.image_size, seed=seed),
     )
     # Dropping the ragged last batch keeps BatchNorm away from a batch of one.
     drop_last = len(train_idx) > params.batch_size
     train_loader = DataLoader(
-        train_set, batch_size=params.batch_size, shuffle=True, drop_last=drop_last,
-        num_workers=workers, pin_memory=cuda, worker_init_fn=_reseed_worker,
-        generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0,
+        train_set,
+        batch_size=params.batch_size,
+        shuffle=True,
+        drop_last=drop_last,
+        num_workers=workers,
+        pin_memory=cuda,
+        worker_init_fn=_reseed_worker,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=workers > 0,
     )
     val_loader = None
     if val_idx is not None:
         val_set = CachedImages(images, labels, val_idx, eval_transform(size=params.image_size))
         val_loader = DataLoader(
-            val_set, batch_size=max(params.batch_size, 256), num_workers=workers,
-            pin_memory=cuda, persistent_workers=workers > 0,
+            val_set,
+            batch_size=max(params.batch_size, 256),
+            num_workers=workers,
+            pin_memory=cuda,
+            persistent_workers=workers > 0,
         )
 
     optimizer = build_optimizer(model, params)
@@ -185,22 +196,31 @@ def fit(
         if improved:
             result.best_epoch = epoch
             if keep_weights:
-                result.state_dict = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                result.state_dict = {
+                    k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                }
         schedule.epoch_end(improved=improved)
         result.epochs_run = epoch
 
-        report = EpochReport(epoch, params.epochs, train_loss, score, result.best_score,
-                             schedule.lr, timer.stop())
+        report = EpochReport(
+            epoch, params.epochs, train_loss, score, result.best_score, schedule.lr, timer.stop()
+        )
         result.history.append(report)
         if on_epoch is not None:
             on_epoch(report)
-        if params.patience and val_loader is not None and epoch - result.best_epoch >= params.patience:
+        if (
+            params.patience
+            and val_loader is not None
+            and epoch - result.best_epoch >= params.patience
+        ):
             break
     return result
 
 
 @torch.inference_mode()
-def predict_probs(model: torch.nn.Module, loader: DataLoader, *, to_input, autocast=nullcontext) -> np.ndarray:
+def predict_probs(
+    model: torch.nn.Module, loader: DataLoader, *, to_input, autocast=nullcontext
+) -> np.ndarray:
     model.eval()
     chunks = []
     for x, _ in loader:

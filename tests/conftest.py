@@ -11,7 +11,9 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def save_image(path: Path, *, mode: str = "RGB", size: tuple[int, int] = (20, 16), seed: int = 0) -> Path:
+def save_image(
+    path: Path, *, mode: str = "RGB", size: tuple[int, int] = (20, 16), seed: int = 0
+) -> Path:
     """Write a small random image in ``mode`` (format from the suffix)."""
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)

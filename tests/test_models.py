@@ -19,7 +19,9 @@ def test_pretrained_unavailable_fails_fast_and_names_backbone(monkeypatch, tmp_p
     assert time.perf_counter() - start < 5  # not timm's minute of retries
 
 
-@pytest.mark.parametrize("backbone", ["test_resnet", "test_efficientnet", "test_convnext", "test_vit"])
+@pytest.mark.parametrize(
+    "backbone", ["test_resnet", "test_efficientnet", "test_convnext", "test_vit"]
+)
 def test_create_model_heads_and_sizes(backbone):
     model = create_model(TrainParams(backbone=backbone, image_size=32, dropout=0.2), num_classes=7)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)

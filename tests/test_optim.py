@@ -9,7 +9,9 @@ from autoclf.optim import LRSchedule, build_optimizer
 
 def _lrs(scheduler: str, *, epochs=10, steps=10, warmup=1.0, improved=None):
     model = torch.nn.Linear(2, 2)
-    params = TrainParams(backbone="test_resnet", lr=0.1, epochs=epochs, scheduler=scheduler, warmup_epochs=warmup)
+    params = TrainParams(
+        backbone="test_resnet", lr=0.1, epochs=epochs, scheduler=scheduler, warmup_epochs=warmup
+    )
     opt = build_optimizer(model, params)
     schedule = LRSchedule(opt, params, steps_per_epoch=steps)
     lrs = []
@@ -25,19 +27,23 @@ def test_warmup_rises_linearly_to_peak():
     lrs = _lrs("cosine")
     assert lrs[0] == pytest.approx(0.01)
     assert lrs[10] == pytest.approx(0.1)  # the first step after one epoch of warmup
-    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11], strict=True))
 
 
 def test_cosine_decays_to_floor():
     lrs = _lrs("cosine", warmup=0)
     assert lrs[0] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
     assert lrs[-1] == pytest.approx(0.1 * LRSchedule.MIN_RATIO, rel=0.05)
 
 
 def test_step_drops_tenfold_at_half_and_three_quarters():
     lrs = _lrs("step", warmup=0, epochs=4, steps=10)
-    assert lrs[19] == pytest.approx(0.1) and lrs[20] == pytest.approx(0.01) and lrs[30] == pytest.approx(0.001)
+    assert (
+        lrs[19] == pytest.approx(0.1)
+        and lrs[20] == pytest.approx(0.01)
+        and lrs[30] == pytest.approx(0.001)
+    )
 
 
 def test_onecycle_starts_low_peaks_then_anneals():

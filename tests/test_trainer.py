@@ -24,11 +24,29 @@ def digits(tmp_path_factory):
 
 def _fit(digits, on_epoch=None, **overrides):
     images, labels, folds = digits
-    params = TrainParams(**{"backbone": "test_efficientnet", "image_size": 16, "epochs": 4, "lr": 5e-3,
-                            "batch_size": 32, "warmup_epochs": 0.5, **overrides})
-    return fit(params, images=images, labels=labels, train_idx=np.flatnonzero(folds != 0),
-               val_idx=np.flatnonzero(folds == 0), num_classes=10, metric=get_metric("accuracy"),
-               seed=7, device=torch.device("cpu"), on_epoch=on_epoch)
+    params = TrainParams(
+        **{
+            "backbone": "test_efficientnet",
+            "image_size": 16,
+            "epochs": 4,
+            "lr": 5e-3,
+            "batch_size": 32,
+            "warmup_epochs": 0.5,
+            **overrides,
+        }
+    )
+    return fit(
+        params,
+        images=images,
+        labels=labels,
+        train_idx=np.flatnonzero(folds != 0),
+        val_idx=np.flatnonzero(folds == 0),
+        num_classes=10,
+        metric=get_metric("accuracy"),
+        seed=7,
+        device=torch.device("cpu"),
+        on_epoch=on_epoch,
+    )
 
 
 def test_learns_digits_and_hook_sees_every_epoch(digits):
@@ -71,15 +89,31 @@ def test_early_stopping_keeps_best_epoch(digits):
 
 def test_non_finite_loss_stops_within_a_step(digits):
     with pytest.raises(NonFiniteLossError, match="epoch 1"):
-        _fit(digits, optimizer="sgd", lr=1e6, scheduler="constant", warmup_epochs=0,
-             grad_clip=0.0, label_smoothing=0.0)
+        _fit(
+            digits,
+            optimizer="sgd",
+            lr=1e6,
+            scheduler="constant",
+            warmup_epochs=0,
+            grad_clip=0.0,
+            label_smoothing=0.0,
+        )
 
 
 def test_train_without_validation_keeps_last_weights(digits):
     images, labels, _ = digits
     params = TrainParams(backbone="test_resnet", image_size=16, epochs=2, batch_size=64)
-    result = fit(params, images=images, labels=labels, train_idx=np.arange(len(labels)), val_idx=None,
-                 num_classes=10, metric=get_metric("accuracy"), seed=0, device=torch.device("cpu"),
-                 keep_weights=True)
+    result = fit(
+        params,
+        images=images,
+        labels=labels,
+        train_idx=np.arange(len(labels)),
+        val_idx=None,
+        num_classes=10,
+        metric=get_metric("accuracy"),
+        seed=0,
+        device=torch.device("cpu"),
+        keep_weights=True,
+    )
     assert result.best_epoch == 2 and result.best_score is None and result.val_probs is None
     assert result.state_dict and all(t.device.type == "cpu" for t in result.state_dict.values())

@@ -64,8 +64,12 @@ def build_cache(
     return ImageCache(np.load(target, mmap_mode="r"), target)
 
 
-def _decode_into(tmp: Path, paths: Sequence[str], size: int, on_progress: ProgressFn | None) -> None:
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+def _decode_into(
+    tmp: Path, paths: Sequence[str], size: int, on_progress: ProgressFn | None
+) -> None:
+    out = np.lib.format.open_memmap(
+        tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)
+    )
     failures: list[str] = []
 
     def work(i: int) -> None:
@@ -80,7 +84,6 @@ def _decode_into(tmp: Path, paths: Sequence[str], size: int, on_progress: Progre
             if on_progress is not None:
                 on_progress(done, len(paths))
     out.flush()
-    del out
     if failures:
         listed = "\n  ".join(sorted(failures))
         raise DataError(f"{len(failures)} image(s) could not be decoded:\n  {listed}")

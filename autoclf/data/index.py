@@ -37,7 +37,7 @@ class DataIndex:
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.label_array, minlength=len(self.classes))
-        return {name: int(n) for name, n in zip(self.classes, counts)}
+        return {name: int(n) for name, n in zip(self.classes, counts, strict=True)}
 
 
 def build_index(source: str | Path, *, datasets_dir: str | Path) -> DataIndex:
@@ -107,15 +107,18 @@ def _index_csv(csv_path: Path) -> DataIndex:
             raise DataError(f"{csv_path}:{line}: empty group")
         full = (csv_path.parent / row["path"]).resolve()
         if str(full) in seen:
+            first = seen[str(full)]
             raise DataError(
-                f"{csv_path}:{line}: duplicate path {row['path']!r} (first on line {seen[str(full)]})"
+                f"{csv_path}:{line}: duplicate path {row['path']!r} (first on line {first})"
             )
         seen[str(full)] = line
         if not full.is_file():
             not_found.append(row["path"])
         row["path"] = str(full)
     if not_found:
-        shown = ", ".join(not_found[:10]) + (f" … and {len(not_found) - 10} more" if len(not_found) > 10 else "")
+        shown = ", ".join(not_found[:10]) + (
+            f" … and {len(not_found) - 10} more" if len(not_found) > 10 else ""
+        )
         raise DataError(
             f"{csv_path}: {len(not_found)} path(s) do not exist (relative to the CSV): {shown}"
         )
@@ -135,7 +138,7 @@ def save_index(index: DataIndex, folds: np.ndarray, target: str | Path) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "label", "group", "fold"])
     groups = index.groups or ("",) * len(index)
-    for path, label, group, fold in zip(index.paths, index.labels, groups, folds):
+    for path, label, group, fold in zip(index.paths, index.labels, groups, folds, strict=True):
         writer.writerow([path, index.classes[label], group, int(fold)])
     atomic.write_text(target, buffer.getvalue())
 
@@ -194,4 +197,3 @@ def materialize_digits(datasets_dir: Path) -> Path:
 
 def _natural_key(text: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", text))
-

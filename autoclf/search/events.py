@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import optuna
 
@@ -31,7 +31,7 @@ class TrialFinished:
     best: optuna.trial.FrozenTrial | None  # best COMPLETE trial so far
 
 
-Event = Union[TrialStarted, EpochDone, TrialFinished]
+Event = TrialStarted | EpochDone | TrialFinished
 EventFn = Callable[[Event], None]
 
 

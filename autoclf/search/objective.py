@@ -50,6 +50,7 @@ class Objective:
         start = time.perf_counter()
         try:
             for fold in range(n_folds):
+
                 def on_epoch(report: EpochReport, fold: int = fold) -> None:
                     nonlocal epochs_run
                     epochs_run += 1  # pruned folds count too: epochs are the compute spent
@@ -113,4 +114,3 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
-

@@ -20,7 +20,15 @@ from optuna.trial import TrialState
 import autoclf
 from autoclf import atomic
 from autoclf.config import SearchConfig
-from autoclf.data import DataIndex, ImageCache, assign_folds, build_cache, build_index, load_index, save_index
+from autoclf.data import (
+    DataIndex,
+    ImageCache,
+    assign_folds,
+    build_cache,
+    build_index,
+    load_index,
+    save_index,
+)
 from autoclf.errors import AutoclfError, StudyMismatchError
 from autoclf.metrics import Metric, get_metric
 from autoclf.models import ensure_pretrained
@@ -78,7 +86,9 @@ def prepare(
     if space.may_use_pretrained:
         ensure_pretrained(space.backbones)
     cache = build_cache(
-        index.paths, size=space.max_image_size, cache_dir=study_dir / "cache",
+        index.paths,
+        size=space.max_image_size,
+        cache_dir=study_dir / "cache",
         on_progress=on_cache_progress,
     )
 
@@ -86,7 +96,9 @@ def prepare(
     try:
         storage = open_storage(storage_url)
     except Exception as exc:  # SQLAlchemy/driver errors carry the URL; never show its password
-        raise AutoclfError(f"cannot open storage {mask_url(storage_url)}: {mask_url(str(exc))}") from exc
+        raise AutoclfError(
+            f"cannot open storage {mask_url(storage_url)}: {mask_url(str(exc))}"
+        ) from exc
     resumed = config.study in {s.study_name for s in optuna.get_all_study_summaries(storage)}
     study = optuna.create_study(
         storage=storage,
@@ -97,7 +109,9 @@ def prepare(
         load_if_exists=True,
     )
     _check_or_write_study_attrs(study, config, space, index)
-    return PreparedSearch(config, space, metric, index, folds, cache, study, study_dir, storage_url, resumed)
+    return PreparedSearch(
+        config, space, metric, index, folds, cache, study, study_dir, storage_url, resumed
+    )
 
 
 def run(prepared: PreparedSearch, *, on_event: EventFn = ignore) -> optuna.Study:
@@ -153,7 +167,11 @@ def _index_with_folds(config: SearchConfig, study_dir: Path) -> tuple[DataIndex,
     saved_path = study_dir / "index.csv"
     if saved_path.is_file():
         saved, folds = load_index(saved_path)
-        if saved.paths != index.paths or saved.labels != index.labels or saved.groups != index.groups:
+        if (
+            saved.paths != index.paths
+            or saved.labels != index.labels
+            or saved.groups != index.groups
+        ):
             added = len(set(index.paths) - set(saved.paths))
             removed = len(set(saved.paths) - set(index.paths))
             raise StudyMismatchError(
@@ -163,8 +181,11 @@ def _index_with_folds(config: SearchConfig, study_dir: Path) -> tuple[DataIndex,
             )
         return saved, folds  # the same folds as every earlier run of this study
     folds = assign_folds(
-        index.label_array, n_splits=config.folds, seed=config.seed,
-        groups=index.groups, classes=index.classes,
+        index.label_array,
+        n_splits=config.folds,
+        seed=config.seed,
+        groups=index.groups,
+        classes=index.classes,
     )
     save_index(index, folds, saved_path)
     return index, folds
@@ -175,7 +196,11 @@ def _check_or_write_config(config: SearchConfig, study_dir: Path) -> None:
     current = config.to_dict()
     if path.is_file():
         saved = json.loads(path.read_text())
-        diff = [f"{k}: {saved.get(k)!r} → {current[k]!r}" for k in IDENTITY_KEYS if saved.get(k) != current[k]]
+        diff = [
+            f"{k}: {saved.get(k)!r} → {current[k]!r}"
+            for k in IDENTITY_KEYS
+            if saved.get(k) != current[k]
+        ]
         if diff:
             raise StudyMismatchError(
                 f"study {config.study!r} was created with other settings ({'; '.join(diff)}); "
@@ -189,8 +214,10 @@ def _check_or_write_space(space: SearchSpace, study_dir: Path, *, allow_change: 
     if path.is_file() and path.read_text() != space.source and not allow_change:
         diff = "".join(
             difflib.unified_diff(
-                path.read_text().splitlines(keepends=True), space.source.splitlines(keepends=True),
-                fromfile="study's space.yaml", tofile=f"{space.name} (this run)",
+                path.read_text().splitlines(keepends=True),
+                space.source.splitlines(keepends=True),
+                fromfile="study's space.yaml",
+                tofile=f"{space.name} (this run)",
             )
         )
         raise StudyMismatchError(
@@ -201,7 +228,9 @@ def _check_or_write_space(space: SearchSpace, study_dir: Path, *, allow_change: 
     atomic.write_text(path, space.source)
 
 
-def _check_or_write_study_attrs(study: optuna.Study, config: SearchConfig, space: SearchSpace, index: DataIndex) -> None:
+def _check_or_write_study_attrs(
+    study: optuna.Study, config: SearchConfig, space: SearchSpace, index: DataIndex
+) -> None:
     attrs = {
         "autoclf_version": autoclf.__version__,
         "data": config.data,

@@ -134,7 +134,9 @@ def resolve_space_path(name_or_path: str) -> Path:
     shipped = importlib.resources.files("autoclf.search_spaces") / f"{name_or_path}.yaml"
     if not shipped.is_file():
         names = ", ".join(shipped_spaces())
-        raise SpaceError(f"unknown search space {name_or_path!r}: not a file, and not one of: {names}")
+        raise SpaceError(
+            f"unknown search space {name_or_path!r}: not a file, and not one of: {names}"
+        )
     return Path(str(shipped))
 
 
@@ -154,16 +156,24 @@ def parse_space(text: str, *, name: str = "space", where: str = "<space>") -> Se
     except yaml.YAMLError as exc:
         raise SpaceError(f"{where}: not valid YAML: {exc}") from exc
     if not isinstance(doc, dict):
-        raise SpaceError(f"{where}: expected a mapping with a 'params' key, got {type(doc).__name__}")
+        raise SpaceError(
+            f"{where}: expected a mapping with a 'params' key, got {type(doc).__name__}"
+        )
     for key in doc:
         if key not in TOP_LEVEL_KEYS:
-            raise SpaceError(f"{where}: unknown top-level key {key!r}{_did_you_mean(key, TOP_LEVEL_KEYS)}")
+            raise SpaceError(
+                f"{where}: unknown top-level key {key!r}{_did_you_mean(key, TOP_LEVEL_KEYS)}"
+            )
     raw_params = doc.get("params")
     if not isinstance(raw_params, dict) or not raw_params:
-        raise SpaceError(f"{where}: 'params' must be a non-empty mapping of parameter → value or spec")
+        raise SpaceError(
+            f"{where}: 'params' must be a non-empty mapping of parameter → value or spec"
+        )
     params = {key: _parse_param(key, raw, where) for key, raw in raw_params.items()}
     if "backbone" not in params:
-        raise SpaceError(f"{where}: params.backbone is required (a timm model name or a list of them)")
+        raise SpaceError(
+            f"{where}: params.backbone is required (a timm model name or a list of them)"
+        )
     space = SearchSpace(
         name=name,
         source=text,
@@ -267,12 +277,20 @@ def _parse_param(key: str, raw: Any, where: str) -> ParamSpec:
         choices = raw.get("choices")
         if not isinstance(choices, list) or not choices:
             raise SpaceError(f"{loc}.choices must be a non-empty list, got {choices!r}")
-        return ParamSpec(key, kind, choices=tuple(value(c, f".choices[{i}]") for i, c in enumerate(choices)))
+        return ParamSpec(
+            key, kind, choices=tuple(value(c, f".choices[{i}]") for i, c in enumerate(choices))
+        )
     if kind_of_value not in (int, float) or (kind == "float" and kind_of_value is int):
-        noun = {int: "an int", float: "a float", str: "a string", bool: "a true/false"}[kind_of_value]
+        noun = {int: "an int", float: "a float", str: "a string", bool: "a true/false"}[
+            kind_of_value
+        ]
         raise SpaceError(
             f"{loc}: type {kind} does not fit {noun} parameter; "
-            + ("use type: int" if kind_of_value is int else "use a fixed value or type: categorical")
+            + (
+                "use type: int"
+                if kind_of_value is int
+                else "use a fixed value or type: categorical"
+            )
         )
     for required in ("low", "high"):
         if required not in raw:
@@ -291,7 +309,9 @@ def _parse_param(key: str, raw: Any, where: str) -> ParamSpec:
         if step <= 0:
             raise SpaceError(f"{loc}.step = {step!r} must be > 0")
         if log:
-            raise SpaceError(f"{loc}: step and log cannot be used together (Optuna does not allow it)")
+            raise SpaceError(
+                f"{loc}: step and log cannot be used together (Optuna does not allow it)"
+            )
     if log and low <= 0:
         raise SpaceError(f"{loc}: log scale needs low > 0, got low = {low}")
     return ParamSpec(key, kind, low=low, high=high, step=step, log=log)

@@ -12,12 +12,20 @@ from autoclf.errors import DataError
 def test_cache_decodes_once_and_is_shared(image_folder, tmp_path):
     index = build_index(image_folder, datasets_dir=tmp_path)
     progress = []
-    cache = build_cache(index.paths, size=24, cache_dir=tmp_path / "cache",
-                        on_progress=lambda done, total: progress.append((done, total)))
+    cache = build_cache(
+        index.paths,
+        size=24,
+        cache_dir=tmp_path / "cache",
+        on_progress=lambda done, total: progress.append((done, total)),
+    )
     assert cache.images.shape == (15, 24, 24, 3) and cache.images.dtype == np.uint8
     assert progress[-1] == (15, 15)
-    again = build_cache(index.paths, size=24, cache_dir=tmp_path / "cache",
-                        on_progress=lambda *a: pytest.fail("decoded a second time"))
+    again = build_cache(
+        index.paths,
+        size=24,
+        cache_dir=tmp_path / "cache",
+        on_progress=lambda *a: pytest.fail("decoded a second time"),
+    )
     assert again.path == cache.path
     assert np.array_equal(np.asarray(again.images), np.asarray(cache.images))
     assert isinstance(again.images, np.memmap)

@@ -9,8 +9,17 @@ from autoclf.errors import DataError
 from tests.conftest import save_image
 
 
-@pytest.mark.parametrize("mode,suffix", [("RGB", ".jpg"), ("L", ".png"), ("RGBA", ".png"),
-                                         ("CMYK", ".jpg"), ("P", ".gif"), ("I;16", ".png")])
+@pytest.mark.parametrize(
+    "mode,suffix",
+    [
+        ("RGB", ".jpg"),
+        ("L", ".png"),
+        ("RGBA", ".png"),
+        ("CMYK", ".jpg"),
+        ("P", ".gif"),
+        ("I;16", ".png"),
+    ],
+)
 def test_every_mode_becomes_uint8_rgb(tmp_path, mode, suffix):
     path = save_image(tmp_path / f"x{suffix}", mode=mode, size=(20, 16))
     arr = load_rgb(path)

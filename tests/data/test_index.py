@@ -39,7 +39,9 @@ def test_csv_index_with_groups_and_relative_paths(tmp_path):
     for i in range(4):
         save_image(tmp_path / "imgs" / f"{i}.png", seed=i)
     csv = tmp_path / "labels.csv"
-    csv.write_text("path,label,group\nimgs/0.png,b,g1\nimgs/1.png,a,g1\nimgs/2.png,b,g2\nimgs/3.png,a,g3\n")
+    csv.write_text(
+        "path,label,group\nimgs/0.png,b,g1\nimgs/1.png,a,g1\nimgs/2.png,b,g2\nimgs/3.png,a,g3\n"
+    )
     index = build_index(csv, datasets_dir=tmp_path)
     assert index.classes == ("a", "b")
     assert index.labels == (1, 0, 1, 0)

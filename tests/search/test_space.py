@@ -25,8 +25,18 @@ def test_shipped_spaces_load_and_cover_the_issue_list():
     assert {"tiny", "default"} <= set(shipped_spaces())
     for name in ("tiny", "default"):
         space = load_space(name)
-        for key in ("backbone", "optimizer", "lr", "weight_decay", "batch_size", "dropout",
-                    "aug_strength", "scheduler", "epochs", "image_size"):
+        for key in (
+            "backbone",
+            "optimizer",
+            "lr",
+            "weight_decay",
+            "batch_size",
+            "dropout",
+            "aug_strength",
+            "scheduler",
+            "epochs",
+            "image_size",
+        ):
             assert key in space.params, f"{name}.yaml lacks {key}"
     assert not load_space("tiny").may_use_pretrained
     assert load_space("default").may_use_pretrained
@@ -35,8 +45,13 @@ def test_shipped_spaces_load_and_cover_the_issue_list():
 
 def test_shipped_space_resolves_from_any_directory(tmp_path):
     code = "from autoclf.search.space import load_space; print(load_space('tiny').name)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": ""})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "tiny"
 
@@ -63,16 +78,34 @@ def test_suggest_fills_fixed_values_and_defaults():
         ("  backbone: test_resnett\n", r"did you mean 'test_resnet'"),
         ("  batch_size: 'big'\n", r"params.batch_size = 'big' must be an integer"),
         ("  batch_size: 0\n", r"params.batch_size = 0 must be in \[1, inf\]"),
-        ("  dropout: {type: float, low: 0.0, high: 1.5}\n", r"params.dropout.high = 1.5 must be in \[0, 1\)"),
+        (
+            "  dropout: {type: float, low: 0.0, high: 1.5}\n",
+            r"params.dropout.high = 1.5 must be in \[0, 1\)",
+        ),
         ("  optimizer: adamm\n", r"params.optimizer = 'adamm' must be one of .*did you mean 'adam"),
-        ("  scheduler: {type: categorical, choices: [cosine, cosnie]}\n", r"params.scheduler.choices\[1\]"),
-        ("  lr: {type: float, low: 0.001, hgih: 0.1}\n", r"unknown key 'hgih' for a float parameter"),
-        ("  lr: {type: float, low: 0.0, high: 0.1, log: true}\n", r"params.lr.low = 0.0 must be in \(0"),
+        (
+            "  scheduler: {type: categorical, choices: [cosine, cosnie]}\n",
+            r"params.scheduler.choices\[1\]",
+        ),
+        (
+            "  lr: {type: float, low: 0.001, hgih: 0.1}\n",
+            r"unknown key 'hgih' for a float parameter",
+        ),
+        (
+            "  lr: {type: float, low: 0.0, high: 0.1, log: true}\n",
+            r"params.lr.low = 0.0 must be in \(0",
+        ),
         ("  pretrained: yes please\n", r"params.pretrained = 'yes please' must be true or false"),
-        ("  epochs: {type: float, low: 1, high: 3}\n", r"params.epochs: type float does not fit an int"),
+        (
+            "  epochs: {type: float, low: 1, high: 3}\n",
+            r"params.epochs: type float does not fit an int",
+        ),
         ("  backbone: [test_resnet]\n", r"params.backbone: a list .* is ambiguous"),
         ("  lr: {type: uniform, low: 0.1, high: 0.2}\n", r"params.lr.type = 'uniform'"),
-        ("  optimizer: sgd\n  momentum: {type: float, low: 0.0, high: 0.9}\n", r"'sgd' .* needs momentum > 0"),
+        (
+            "  optimizer: sgd\n  momentum: {type: float, low: 0.0, high: 0.9}\n",
+            r"'sgd' .* needs momentum > 0",
+        ),
     ],
 )
 def test_bad_params_name_key_and_value(change, message):
@@ -83,8 +116,14 @@ def test_bad_params_name_key_and_value(change, message):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        ("pruners: {name: median}\n", r"unknown top-level key 'pruners' \(did you mean 'pruner'\?\)"),
-        ("pruner: {name: meadian}\n", r"pruner.name = 'meadian' must be one of .*did you mean 'median'"),
+        (
+            "pruners: {name: median}\n",
+            r"unknown top-level key 'pruners' \(did you mean 'pruner'\?\)",
+        ),
+        (
+            "pruner: {name: meadian}\n",
+            r"pruner.name = 'meadian' must be one of .*did you mean 'median'",
+        ),
         ("pruner: {name: median, warmup: 2}\n", r"unknown key pruner.warmup for median"),
         ("sampler: {name: tpe, n_startup: 3}\n", r"unknown key sampler.n_startup for tpe"),
         ("pruner: {name: percentile, percentile: 150}\n", r"pruner .* is invalid"),
@@ -98,7 +137,8 @@ def test_bad_sections(extra, message):
 def test_pretrained_needs_backbones_that_have_weights():
     with pytest.raises(SpaceError, match="has no pretrained weights"):
         parse_space("params:\n  backbone: vit_base_patch16_224.fake_tag\n  pretrained: true\n")
-    space = parse_space("params:\n  backbone: test_resnet\n  pretrained: {type: categorical, choices: [true, false]}\n")
+    either = "{type: categorical, choices: [true, false]}"
+    space = parse_space(f"params:\n  backbone: test_resnet\n  pretrained: {either}\n")
     assert space.may_use_pretrained
 
 

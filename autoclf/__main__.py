@@ -1,0 +1,5 @@
+import sys
+
+from autoclf.cli import main
+
+sys.exit(main())

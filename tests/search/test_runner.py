@@ -1,0 +1,113 @@
+"""The search loop through the Python API: pruning, step layout, failures, resume checks."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autoclf.config import SearchConfig
+from autoclf.errors import DataError, StudyMismatchError
+from autoclf.search import SearchFailedError, prepare, run
+from tests.conftest import save_image
+
+EPOCHS = 3
+SPACE = f"""
+params:
+  backbone: test_efficientnet
+  lr: {{type: categorical, choices: [0.005, 1.0e-9]}}
+  batch_size: 64
+  epochs: {EPOCHS}
+  image_size: 16
+  scheduler: constant
+pruner: {{name: median, n_startup_trials: 1, n_warmup_steps: 1}}
+"""
+
+
+@pytest.fixture
+def config(tmp_path):
+    (tmp_path / "space.yaml").write_text(SPACE)
+    return SearchConfig(
+        data="digits",
+        study="s",
+        space=str(tmp_path / "space.yaml"),
+        folds=2,
+        trials=2,
+        studies_dir=str(tmp_path / "studies"),
+    )
+
+
+def test_bad_trial_is_pruned_in_first_fold_and_steps_never_collide(config):
+    prepared = prepare(config)
+    prepared.study.enqueue_trial({"lr": 0.005})
+    prepared.study.enqueue_trial({"lr": 1e-9})  # learns nothing: chance accuracy
+    study = run(prepared)
+    good, bad = study.trials
+    assert good.state.name == "COMPLETE"
+    # One report per epoch per fold, at fold * epochs + epoch: 1..3 for fold 1, 4..6 for fold 2.
+    assert sorted(good.intermediate_values) == list(range(1, 2 * EPOCHS + 1))
+    assert bad.state.name == "PRUNED"
+    assert max(bad.intermediate_values) <= EPOCHS  # stopped inside the first fold
+    assert "fold 1" in bad.user_attrs["pruned_reason"]
+    assert "oof_path" not in bad.user_attrs and "oof_path" in good.user_attrs
+    assert bad.user_attrs["epochs_run"] == len(bad.intermediate_values)
+
+
+def test_failing_trials_record_reason_and_stop_the_search(config, monkeypatch):
+    def broken_fit(*args, **kwargs):
+        raise RuntimeError("boom in the trainer")
+
+    monkeypatch.setattr("autoclf.search.objective.fit", broken_fit)
+    prepared = prepare(config)
+    with pytest.raises(SearchFailedError, match="3 trials in a row failed.*RuntimeError: boom"):
+        run(prepared)
+    trials = prepared.study.trials
+    assert [t.state.name for t in trials] == ["FAIL"] * 3
+    assert all(t.user_attrs["fail_reason"] == "RuntimeError: boom in the trainer" for t in trials)
+
+
+def test_changed_space_is_refused_with_a_diff_unless_allowed(config, tmp_path):
+    prepare(config)
+    (tmp_path / "space.yaml").write_text(SPACE.replace("batch_size: 64", "batch_size: 32"))
+    with pytest.raises(StudyMismatchError, match=r"(?s)-  batch_size: 64.*\+  batch_size: 32"):
+        prepare(config)
+    assert prepare(config, allow_space_change=True).resumed
+
+
+def test_changed_data_is_refused(tmp_path):
+    for name in ("a", "b"):
+        for i in range(4):
+            save_image(tmp_path / "data" / name / f"{i}.png", seed=i + (10 if name == "b" else 0))
+    (tmp_path / "space.yaml").write_text(SPACE)
+    config = SearchConfig(
+        data=str(tmp_path / "data"),
+        study="s",
+        space=str(tmp_path / "space.yaml"),
+        folds=2,
+        studies_dir=str(tmp_path / "studies"),
+    )
+    prepare(config)
+    save_image(tmp_path / "data" / "a" / "new.png", seed=99)
+    with pytest.raises(StudyMismatchError, match="1 image\\(s\\) added"):
+        prepare(config)
+
+
+def test_bad_images_stop_before_any_trial(tmp_path):
+    for name in ("a", "b"):
+        for i in range(3):
+            save_image(tmp_path / "data" / name / f"{i}.png", seed=i)
+    (tmp_path / "data" / "b" / "broken.jpg").write_text("not a jpeg")
+    (tmp_path / "space.yaml").write_text(SPACE)
+    config = SearchConfig(
+        data=str(tmp_path / "data"),
+        study="s",
+        space=str(tmp_path / "space.yaml"),
+        folds=2,
+        studies_dir=str(tmp_path / "studies"),
+    )
+    with pytest.raises(DataError, match="broken.jpg"):
+        prepare(config)
+    assert not (
+        tmp_path / "studies" / "s" / "study.db"
+    ).exists() or not optuna.get_all_study_summaries(
+        f"sqlite:///{tmp_path / 'studies' / 's' / 'study.db'}"
+    )

@@ -1,0 +1,178 @@
+"""End to end through the installed ``autoclf`` command, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+STUDY = "e2e"
+
+
+def autoclf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("autoclf", path=str(Path(sys.executable).parent)) or "autoclf"
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """``autoclf search digits --space tiny --trials 3 --folds 2``, run once for the module."""
+    cwd = tmp_path_factory.mktemp("user")
+    out = autoclf(
+        "search",
+        "digits",
+        "--study",
+        STUDY,
+        "--space",
+        "tiny",
+        "--trials",
+        "3",
+        "--folds",
+        "2",
+        cwd=cwd,
+    )
+    assert out.returncode == 0, out.stderr + out.stdout
+    study_dir = cwd / "studies" / STUDY
+    url = f"sqlite:///{study_dir / 'study.db'}"
+    return cwd, study_dir, url, out.stdout
+
+
+def test_search_leaves_study_oof_and_attributes(searched):
+    cwd, study_dir, url, stdout = searched
+    assert f"optuna-dashboard {url}" in stdout
+    study = optuna.load_study(study_name=STUDY, storage=url)
+    finished = [t for t in study.trials if t.state.is_finished() and t.state.name != "FAIL"]
+    assert len(finished) == 3 and len(study.trials) == 3
+    complete = [t for t in finished if t.state.name == "COMPLETE"]
+    assert complete, "at least the first trials cannot be pruned"
+    folds = np.loadtxt(study_dir / "index.csv", delimiter=",", skiprows=1, usecols=3, dtype=int)
+    assert set(folds.tolist()) == {0, 1}
+    for t in complete:
+        attrs = t.user_attrs
+        assert len(attrs["fold_scores"]) == 2
+        assert t.value == pytest.approx(np.mean(attrs["fold_scores"]))
+        assert attrs["device"] == "cpu" and attrs["duration_s"] > 0 and attrs["epochs_run"] >= 2
+        oof = np.load(study_dir / attrs["oof_path"])
+        assert oof.shape == (len(folds), 10) and not np.isnan(oof).any()
+        assert np.allclose(oof.sum(axis=1), 1.0, atol=1e-4)
+        # The OOF rows really are each image's held-out prediction: they reproduce the score.
+        labels = np.loadtxt(
+            study_dir / "index.csv", delimiter=",", skiprows=1, usecols=1, dtype=int
+        )
+        per_fold = [np.mean(oof[folds == f].argmax(1) == labels[folds == f]) for f in (0, 1)]
+        assert per_fold == pytest.approx(attrs["fold_scores"])
+    assert study.user_attrs["metric"] == "accuracy" and study.user_attrs["space"] == "tiny"
+
+
+def test_optuna_cli_lists_the_same_trials(searched):
+    cwd, _, url, _ = searched
+    optuna_cli = shutil.which("optuna", path=str(Path(sys.executable).parent)) or "optuna"
+    out = subprocess.run(
+        [optuna_cli, "trials", "--study-name", STUDY, "--storage", url, "-f", "json"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    listed = json.loads(out.stdout)
+    study = optuna.load_study(study_name=STUDY, storage=url)
+    assert sorted(t["number"] for t in listed) == [t.number for t in study.trials]
+
+
+def test_dashboard_serves_the_study(searched):
+    dashboard = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent))
+    if dashboard is None:
+        pytest.fail("optuna-dashboard should be installed with autoclf")
+    _, _, url, _ = searched
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [dashboard, url, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    studies = json.load(r)["study_summaries"]
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        assert [s["study_name"] for s in studies] == [STUDY]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_changed_folds_are_refused_on_resume(searched):
+    cwd, _, _, _ = searched
+    out = autoclf(
+        "search",
+        "digits",
+        "--study",
+        STUDY,
+        "--space",
+        "tiny",
+        "--trials",
+        "4",
+        "--folds",
+        "3",
+        cwd=cwd,
+    )
+    assert out.returncode == 2
+    assert "folds: 2 → 3" in out.stderr
+
+
+def test_resume_counts_finished_trials_and_keeps_folds(searched):
+    cwd, study_dir, url, _ = searched
+    index_before = (study_dir / "index.csv").read_bytes()
+    before = {t.number: t.value for t in optuna.load_study(study_name=STUDY, storage=url).trials}
+    out = autoclf(
+        "search",
+        "digits",
+        "--study",
+        STUDY,
+        "--space",
+        "tiny",
+        "--trials",
+        "4",
+        "--folds",
+        "2",
+        cwd=cwd,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "resumed with 3 finished trial(s)" in out.stdout
+    study = optuna.load_study(study_name=STUDY, storage=url)
+    assert len(study.trials) == 4
+    assert {t.number: t.value for t in study.trials if t.number in before} == before
+    assert (study_dir / "index.csv").read_bytes() == index_before
+    again = autoclf(
+        "search",
+        "digits",
+        "--study",
+        STUDY,
+        "--space",
+        "tiny",
+        "--trials",
+        "4",
+        "--folds",
+        "2",
+        cwd=cwd,
+    )
+    assert again.returncode == 0 and "nothing to run" in again.stdout
+    assert len(optuna.load_study(study_name=STUDY, storage=url).trials) == 4
