@@ -79,10 +79,13 @@ def prepare(
     space = load_space(config.space)
     study_dir = study_dir_for(config)
     study_dir.mkdir(parents=True, exist_ok=True)
-    _check_or_write_config(config, study_dir)
-    _check_or_write_space(space, study_dir, allow_change=allow_space_change)
-
-    index, folds = _index_with_folds(config, study_dir)
+    index_path = study_dir / "index.csv"
+    # A study is bound to its settings once its index (the folds) is written; a first run that
+    # stopped on bad input before that point binds nothing.
+    if index_path.is_file():
+        _check_same_config(config, study_dir)
+        _check_same_space(space, study_dir, allow_change=allow_space_change)
+    index, folds = _index_with_folds(config, index_path)
     if space.may_use_pretrained:
         ensure_pretrained(space.backbones)
     cache = build_cache(
@@ -109,6 +112,12 @@ def prepare(
         load_if_exists=True,
     )
     _check_or_write_study_attrs(study, config, space, index)
+
+    # Everything is checked: record the set-up that every later run of this study must match.
+    if not index_path.is_file():
+        save_index(index, folds, index_path)
+    atomic.write_json(study_dir / "config.json", config.to_dict())
+    atomic.write_text(study_dir / "space.yaml", space.source)
     return PreparedSearch(
         config, space, metric, index, folds, cache, study, study_dir, storage_url, resumed
     )
@@ -162,9 +171,10 @@ def _best_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         return None
 
 
-def _index_with_folds(config: SearchConfig, study_dir: Path) -> tuple[DataIndex, np.ndarray]:
+def _index_with_folds(config: SearchConfig, saved_path: Path) -> tuple[DataIndex, np.ndarray]:
+    """The study's saved index and folds, after checking the data has not changed; or a new
+    index with freshly assigned folds (not saved yet)."""
     index = build_index(config.data, datasets_dir=Path(config.studies_dir).resolve() / "_datasets")
-    saved_path = study_dir / "index.csv"
     if saved_path.is_file():
         saved, folds = load_index(saved_path)
         if (
@@ -187,11 +197,10 @@ def _index_with_folds(config: SearchConfig, study_dir: Path) -> tuple[DataIndex,
         groups=index.groups,
         classes=index.classes,
     )
-    save_index(index, folds, saved_path)
     return index, folds
 
 
-def _check_or_write_config(config: SearchConfig, study_dir: Path) -> None:
+def _check_same_config(config: SearchConfig, study_dir: Path) -> None:
     path = study_dir / "config.json"
     current = config.to_dict()
     if path.is_file():
@@ -206,10 +215,9 @@ def _check_or_write_config(config: SearchConfig, study_dir: Path) -> None:
                 f"study {config.study!r} was created with other settings ({'; '.join(diff)}); "
                 "re-run with the original values or use another --study name"
             )
-    atomic.write_json(path, current)
 
 
-def _check_or_write_space(space: SearchSpace, study_dir: Path, *, allow_change: bool) -> None:
+def _check_same_space(space: SearchSpace, study_dir: Path, *, allow_change: bool) -> None:
     path = study_dir / "space.yaml"
     if path.is_file() and path.read_text() != space.source and not allow_change:
         diff = "".join(
@@ -225,7 +233,6 @@ def _check_or_write_space(space: SearchSpace, study_dir: Path, *, allow_change: 
             "Trials sampled from different spaces do not compare; pass --allow-space-change "
             "to go on anyway, or use another --study name."
         )
-    atomic.write_text(path, space.source)
 
 
 def _check_or_write_study_attrs(

@@ -111,3 +111,26 @@ def test_bad_images_stop_before_any_trial(tmp_path):
     ).exists() or not optuna.get_all_study_summaries(
         f"sqlite:///{tmp_path / 'studies' / 's' / 'study.db'}"
     )
+
+
+def test_a_first_run_stopped_by_bad_input_binds_nothing(tmp_path):
+    for name in ("a", "b"):
+        for i in range(3):
+            save_image(tmp_path / "data" / name / f"{i}.png", seed=i)
+    bad = tmp_path / "data" / "b" / "broken.png"
+    bad.write_text("not a png")
+    (tmp_path / "space.yaml").write_text(SPACE)
+    config = SearchConfig(
+        data=str(tmp_path / "data"),
+        study="s",
+        space=str(tmp_path / "space.yaml"),
+        folds=3,
+        studies_dir=str(tmp_path / "studies"),
+    )
+    with pytest.raises(DataError):
+        prepare(config)
+    bad.unlink()
+    # Fixed data, other folds: a fresh start, not a "changed settings" refusal.
+    fixed = SearchConfig(**{**config.to_dict(), "folds": 2})
+    prepared = prepare(fixed)
+    assert not prepared.resumed and int(prepared.folds.max()) + 1 == 2
