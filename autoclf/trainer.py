@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from autoclf.augment import eval_transform, train_transform
 from autoclf.config import TrainParams
+from autoclf.errors import AutoclfError
 from autoclf.metrics import Metric
 from autoclf.models import create_model, normalization
 from autoclf.optim import LRSchedule, build_optimizer
@@ -69,9 +70,17 @@ class CachedImages(Dataset):
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} asked for, but CUDA is not available on this machine")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise AutoclfError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N)") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AutoclfError(f"--device {name!r}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise AutoclfError(
+                f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
     return device
 
 

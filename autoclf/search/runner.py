@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import torch
 from optuna.trial import TrialState
 
 import autoclf
@@ -60,6 +61,7 @@ class PreparedSearch:
     study_dir: Path
     storage_url: str
     resumed: bool
+    device: torch.device
 
     def finished(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=FINISHED))
@@ -76,6 +78,7 @@ def prepare(
     on_cache_progress: Callable[[int, int], None] | None = None,
 ) -> PreparedSearch:
     metric = get_metric(config.metric)
+    device = resolve_device(config.device)
     space = load_space(config.space)
     study_dir = study_dir_for(config)
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +122,17 @@ def prepare(
     atomic.write_json(study_dir / "config.json", config.to_dict())
     atomic.write_text(study_dir / "space.yaml", space.source)
     return PreparedSearch(
-        config, space, metric, index, folds, cache, study, study_dir, storage_url, resumed
+        config=config,
+        space=space,
+        metric=metric,
+        index=index,
+        folds=folds,
+        cache=cache,
+        study=study,
+        study_dir=study_dir,
+        storage_url=storage_url,
+        resumed=resumed,
+        device=device,
     )
 
 
@@ -136,7 +149,7 @@ def run(prepared: PreparedSearch, *, on_event: EventFn = ignore) -> optuna.Study
         num_classes=len(prepared.index.classes),
         metric=prepared.metric,
         seed=config.seed,
-        device=resolve_device(config.device),
+        device=prepared.device,
         study_dir=prepared.study_dir,
         on_event=on_event,
         loader_workers=config.loader_workers,

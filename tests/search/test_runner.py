@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from autoclf.config import SearchConfig
-from autoclf.errors import DataError, StudyMismatchError
+from autoclf.errors import AutoclfError, DataError, StudyMismatchError
 from autoclf.search import SearchFailedError, prepare, run
 from tests.conftest import save_image
 
@@ -134,3 +134,21 @@ def test_a_first_run_stopped_by_bad_input_binds_nothing(tmp_path):
     fixed = SearchConfig(**{**config.to_dict(), "folds": 2})
     prepared = prepare(fixed)
     assert not prepared.resumed and int(prepared.folds.max()) + 1 == 2
+
+
+def test_timeout_stops_starting_trials(config):
+    timed = SearchConfig(**{**config.to_dict(), "trials": 50, "timeout": 0.1})
+    study = run(prepare(timed))
+    assert len(study.trials) == 1  # the first trial finishes; no second one starts
+
+
+def test_log_loss_study_minimises(config):
+    prepared = prepare(SearchConfig(**{**config.to_dict(), "metric": "log_loss", "trials": 1}))
+    study = run(prepared)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert 0 < study.trials[0].value < 3  # a log loss, not an accuracy
+
+
+def test_unavailable_device_fails_before_anything(config):
+    with pytest.raises(AutoclfError, match="--device 'cuda:7'"):
+        prepare(SearchConfig(**{**config.to_dict(), "device": "cuda:7"}))

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from autoclf.metrics import get_metric
+
+LABELS = np.array([0, 1, 2, 2])
+PERFECT = np.eye(3)[LABELS]
+
+
+def test_accuracy_and_f1_on_known_predictions():
+    wrong_last = PERFECT.copy()
+    wrong_last[3] = [1, 0, 0]
+    assert get_metric("accuracy")(LABELS, PERFECT) == 1.0
+    assert get_metric("accuracy")(LABELS, wrong_last) == 0.75
+    # class 0: P=1/2 R=1 F1=2/3; class 1: 1; class 2: P=1 R=1/2 F1=2/3
+    assert get_metric("f1_macro")(LABELS, wrong_last) == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
+
+
+def test_log_loss_of_uniform_is_log_classes_and_lower_is_better():
+    metric = get_metric("log_loss")
+    assert metric(LABELS, np.full((4, 3), 1 / 3)) == pytest.approx(math.log(3))
+    assert metric.direction == "minimize"
+    assert metric.better(0.1, 0.2) and not get_metric("accuracy").better(0.1, 0.2)
+
+
+def test_unknown_metric():
+    with pytest.raises(ValueError, match="unknown metric 'auc'"):
+        get_metric("auc")
