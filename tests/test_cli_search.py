@@ -23,11 +23,8 @@ def autoclf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture(scope="module")
-def searched(tmp_path_factory):
-    """``autoclf search digits --space tiny --trials 3 --folds 2``, run once for the module."""
-    cwd = tmp_path_factory.mktemp("user")
-    out = autoclf(
+def search_digits(cwd: Path, *, trials: int, folds: int) -> subprocess.CompletedProcess:
+    return autoclf(
         "search",
         "digits",
         "--study",
@@ -35,11 +32,18 @@ def searched(tmp_path_factory):
         "--space",
         "tiny",
         "--trials",
-        "3",
+        str(trials),
         "--folds",
-        "2",
+        str(folds),
         cwd=cwd,
     )
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """``autoclf search digits --space tiny --trials 3 --folds 2``, run once for the module."""
+    cwd = tmp_path_factory.mktemp("user")
+    out = search_digits(cwd, trials=3, folds=2)
     assert out.returncode == 0, out.stderr + out.stdout
     study_dir = cwd / "studies" / STUDY
     url = f"sqlite:///{study_dir / 'study.db'}"
@@ -121,19 +125,7 @@ def test_dashboard_serves_the_study(searched):
 
 def test_changed_folds_are_refused_on_resume(searched):
     cwd, _, _, _ = searched
-    out = autoclf(
-        "search",
-        "digits",
-        "--study",
-        STUDY,
-        "--space",
-        "tiny",
-        "--trials",
-        "4",
-        "--folds",
-        "3",
-        cwd=cwd,
-    )
+    out = search_digits(cwd, trials=4, folds=3)
     assert out.returncode == 2
     assert "folds: 2 → 3" in out.stderr
 
@@ -142,37 +134,13 @@ def test_resume_counts_finished_trials_and_keeps_folds(searched):
     cwd, study_dir, url, _ = searched
     index_before = (study_dir / "index.csv").read_bytes()
     before = {t.number: t.value for t in optuna.load_study(study_name=STUDY, storage=url).trials}
-    out = autoclf(
-        "search",
-        "digits",
-        "--study",
-        STUDY,
-        "--space",
-        "tiny",
-        "--trials",
-        "4",
-        "--folds",
-        "2",
-        cwd=cwd,
-    )
+    out = search_digits(cwd, trials=4, folds=2)
     assert out.returncode == 0, out.stderr
     assert "resumed with 3 finished trial(s)" in out.stdout
     study = optuna.load_study(study_name=STUDY, storage=url)
     assert len(study.trials) == 4
     assert {t.number: t.value for t in study.trials if t.number in before} == before
     assert (study_dir / "index.csv").read_bytes() == index_before
-    again = autoclf(
-        "search",
-        "digits",
-        "--study",
-        STUDY,
-        "--space",
-        "tiny",
-        "--trials",
-        "4",
-        "--folds",
-        "2",
-        cwd=cwd,
-    )
+    again = search_digits(cwd, trials=4, folds=2)
     assert again.returncode == 0 and "nothing to run" in again.stdout
     assert len(optuna.load_study(study_name=STUDY, storage=url).trials) == 4

@@ -23,6 +23,21 @@ pruner: {{name: median, n_startup_trials: 1, n_warmup_steps: 1}}
 """
 
 
+def folder_config(tmp_path, *, per_class: int, folds: int) -> SearchConfig:
+    """Two classes of distinct random images under tmp_path/data, and a config to search them."""
+    for c, name in enumerate(("a", "b")):
+        for i in range(per_class):
+            save_image(tmp_path / "data" / name / f"{i}.png", seed=10 * c + i)
+    (tmp_path / "space.yaml").write_text(SPACE)
+    return SearchConfig(
+        data=str(tmp_path / "data"),
+        study="s",
+        space=str(tmp_path / "space.yaml"),
+        folds=folds,
+        studies_dir=str(tmp_path / "studies"),
+    )
+
+
 @pytest.fixture
 def config(tmp_path):
     (tmp_path / "space.yaml").write_text(SPACE)
@@ -74,17 +89,7 @@ def test_changed_space_is_refused_with_a_diff_unless_allowed(config, tmp_path):
 
 
 def test_changed_data_is_refused(tmp_path):
-    for name in ("a", "b"):
-        for i in range(4):
-            save_image(tmp_path / "data" / name / f"{i}.png", seed=i + (10 if name == "b" else 0))
-    (tmp_path / "space.yaml").write_text(SPACE)
-    config = SearchConfig(
-        data=str(tmp_path / "data"),
-        study="s",
-        space=str(tmp_path / "space.yaml"),
-        folds=2,
-        studies_dir=str(tmp_path / "studies"),
-    )
+    config = folder_config(tmp_path, per_class=4, folds=2)
     prepare(config)
     save_image(tmp_path / "data" / "a" / "new.png", seed=99)
     with pytest.raises(StudyMismatchError, match="1 image\\(s\\) added"):
@@ -92,18 +97,8 @@ def test_changed_data_is_refused(tmp_path):
 
 
 def test_bad_images_stop_before_any_trial(tmp_path):
-    for name in ("a", "b"):
-        for i in range(3):
-            save_image(tmp_path / "data" / name / f"{i}.png", seed=i)
+    config = folder_config(tmp_path, per_class=3, folds=2)
     (tmp_path / "data" / "b" / "broken.jpg").write_text("not a jpeg")
-    (tmp_path / "space.yaml").write_text(SPACE)
-    config = SearchConfig(
-        data=str(tmp_path / "data"),
-        study="s",
-        space=str(tmp_path / "space.yaml"),
-        folds=2,
-        studies_dir=str(tmp_path / "studies"),
-    )
     with pytest.raises(DataError, match="broken.jpg"):
         prepare(config)
     assert not (
@@ -114,19 +109,9 @@ def test_bad_images_stop_before_any_trial(tmp_path):
 
 
 def test_a_first_run_stopped_by_bad_input_binds_nothing(tmp_path):
-    for name in ("a", "b"):
-        for i in range(3):
-            save_image(tmp_path / "data" / name / f"{i}.png", seed=i)
+    config = folder_config(tmp_path, per_class=3, folds=3)
     bad = tmp_path / "data" / "b" / "broken.png"
     bad.write_text("not a png")
-    (tmp_path / "space.yaml").write_text(SPACE)
-    config = SearchConfig(
-        data=str(tmp_path / "data"),
-        study="s",
-        space=str(tmp_path / "space.yaml"),
-        folds=3,
-        studies_dir=str(tmp_path / "studies"),
-    )
     with pytest.raises(DataError):
         prepare(config)
     bad.unlink()
