@@ -154,7 +154,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         device=args.device,
         loader_workers=args.loader_workers,
     )
-    with _progress("decoding images into the cache") as (progress, advance):
+    with _progress("decoding images into the cache") as advance:
         prepared = prepare(
             config, allow_space_change=args.allow_space_change, on_cache_progress=advance
         )
@@ -280,32 +280,32 @@ def _fmt_value(v: object) -> str:
 
 
 class _progress:
-    """A progress bar for a long step that shows only if the step reports progress."""
+    """A progress bar for a long step; it appears only once the step reports progress."""
 
     def __init__(self, description: str):
         self.description = description
+        self.progress: Progress | None = None
 
-    def __enter__(self) -> tuple[Progress, Callable[[int, int], None]]:
-        self.progress = Progress(
-            TextColumn(self.description),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        )
-        self.progress.start()
-        self.task = None
-
+    def __enter__(self) -> Callable[[int, int], None]:
         def advance(done: int, total: int) -> None:
-            if self.task is None:
+            if self.progress is None:
+                self.progress = Progress(
+                    TextColumn(self.description),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeRemainingColumn(),
+                    console=console,
+                    transient=True,
+                )
+                self.progress.start()
                 self.task = self.progress.add_task(self.description, total=total)
             self.progress.update(self.task, completed=done)
 
-        return self.progress, advance
+        return advance
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.progress is not None:
+            self.progress.stop()
 
 
 if __name__ == "__main__":
