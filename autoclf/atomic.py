@@ -15,6 +15,11 @@ from typing import Any
 
 import numpy as np
 
+# mkstemp creates files readable by their owner alone; written files should follow the umask,
+# as a plain open() would. Read once: os.umask can only be read by setting it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_path(target: str | Path, *, suffix: str = "") -> Iterator[Path]:
@@ -22,6 +27,7 @@ def atomic_path(target: str | Path, *, suffix: str = "") -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
+    os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

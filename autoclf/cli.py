@@ -114,6 +114,77 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume even though the space file differs from the study's",
     )
     search.set_defaults(run=cmd_search)
+
+    final = commands.add_parser(
+        "finalize",
+        help="retrain the best trials into a TTA ensemble; predict a test set",
+        description="Pick ensemble members on out-of-fold predictions, decide TTA and voting "
+        "on them, retrain, and save everything `autoclf predict` needs under studies/NAME/final/. "
+        "Re-running picks up where an interrupted run stopped.",
+    )
+    final.add_argument("--study", required=True)
+    final.add_argument(
+        "--test",
+        default=None,
+        metavar="DATA",
+        help="images to predict after finalizing (labelled data also gets scored)",
+    )
+    final.add_argument(
+        "--top-k",
+        type=_positive_int,
+        default=5,
+        help="at most this many distinct members (default 5)",
+    )
+    final.add_argument(
+        "--select",
+        choices=("greedy", "topk"),
+        default="greedy",
+        help="greedy: Caruana selection with replacement on OOF (default); "
+        "topk: the K best trials, equally weighted",
+    )
+    final.add_argument(
+        "--vote",
+        choices=("soft", "hard", "auto"),
+        default="auto",
+        help="auto picks the one that scores better on OOF (default)",
+    )
+    final.add_argument(
+        "--tta",
+        default="auto",
+        help="auto (per member, only where it helps on OOF), off, or a number of views 1-8",
+    )
+    final.add_argument(
+        "--refit",
+        choices=("full", "folds"),
+        default="full",
+        help="full: retrain each member on all data (default); folds: keep its K fold models",
+    )
+    final.add_argument("--studies-dir", default="studies")
+    final.add_argument(
+        "--storage",
+        default=None,
+        help="the study's storage URL, if not the one it was created with",
+    )
+    final.add_argument("--device", default="auto")
+    final.add_argument("--loader-workers", type=int, default=None)
+    final.set_defaults(run=cmd_finalize)
+
+    pred = commands.add_parser(
+        "predict",
+        help="predict images with a study's saved ensemble",
+        description="Write path, predicted label and one probability column per class for "
+        "every image in DATA (a folder of images, a folder of class folders, or a CSV).",
+    )
+    pred.add_argument("data", metavar="DATA")
+    pred.add_argument("--study", required=True)
+    pred.add_argument(
+        "--out",
+        default=None,
+        help="CSV to write (default studies/NAME/final/predictions-<DATA name>.csv)",
+    )
+    pred.add_argument("--studies-dir", default="studies")
+    pred.add_argument("--device", default="auto")
+    pred.set_defaults(run=cmd_predict)
     return parser
 
 
@@ -191,6 +262,124 @@ def cmd_search(args: argparse.Namespace) -> int:
             run(prepared, on_event=view.handle)
     console.print(leaderboard(study, config.metric))
     return 0
+
+
+# --- finalize and predict -------------------------------------------------------------------
+
+
+def cmd_finalize(args: argparse.Namespace) -> int:
+    from autoclf.config import FinalizeConfig
+    from autoclf.finalize import finalize
+
+    config = FinalizeConfig(
+        study=args.study,
+        studies_dir=args.studies_dir,
+        storage=args.storage,
+        top_k=args.top_k,
+        select=args.select,
+        vote=args.vote,
+        tta=args.tta,
+        refit=args.refit,
+        test=_data_arg(args.test) if args.test else None,
+        device=args.device,
+        loader_workers=args.loader_workers,
+    )
+    with console.status("finalizing…") as status:
+
+        def step(message: str) -> None:
+            console.print(f"  {message}", highlight=False)
+            status.update(message)
+
+        result = finalize(config, on_step=step)
+    console.print(_final_table(result))
+    for note in result.notes:
+        console.print(f"note: {note}")
+    if result.test is not None:
+        _print_test(result.test, result.metric)
+        console.print(f"predictions: {result.final_dir / 'predictions.csv'}", soft_wrap=True)
+    console.print(f"ensemble: {result.final_dir / 'manifest.json'}", soft_wrap=True)
+    console.print(f"summary: {result.final_dir / 'summary.json'}", soft_wrap=True)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from autoclf.predict import predict, write_predictions
+    from autoclf.trainer import resolve_device
+
+    final_dir = Path(args.studies_dir).resolve() / args.study / "final"
+    data = _data_arg(args.data)
+    result = predict(
+        final_dir, data, device=resolve_device(args.device), studies_dir=args.studies_dir
+    )
+    out = Path(args.out) if args.out else final_dir / f"predictions-{Path(data).name or 'data'}.csv"
+    write_predictions(result, out)
+    console.print(f"{len(result.paths)} predictions: {out}", soft_wrap=True, highlight=False)
+    if result.labels is not None:
+        _print_test(result, "accuracy")
+    return 0
+
+
+def _data_arg(data: str) -> str:
+    return data if data in BUILTIN else str(Path(data).expanduser().resolve())
+
+
+def _final_table(result) -> Table:
+    table = Table(
+        title=f"ensemble ({result.vote} vote), OOF {result.metric}",
+        title_justify="left",
+        box=None,
+        header_style="bold underline",
+        padding=(0, 1, 0, 0),
+    )
+    table.add_column("trial", justify="right")
+    table.add_column("backbone", no_wrap=True)
+    for col in ("weight", "CV", "OOF", "OOF+TTA", "TTA", "epochs"):
+        table.add_column(col, justify="right")
+    for m in result.members:
+        table.add_row(
+            f"#{m.trial}",
+            m.params["backbone"],
+            f"{m.weight:.2f}",
+            f"{m.cv_value:.4f}",
+            f"{m.oof:.4f}",
+            f"{m.oof_tta:.4f}",
+            f"{len(m.views)} views" if len(m.views) > 1 else "off",
+            str(m.refit_epochs) if m.refit_epochs else "folds",
+        )
+    e = result.ensemble
+    table.add_section()
+    table.add_row(
+        "soft", "", "", "", f"{e['soft']['plain']:.4f}", f"{e['soft']['tta']:.4f}", "", ""
+    )
+    table.add_row(
+        "hard", "", "", "", f"{e['hard']['plain']:.4f}", f"{e['hard']['tta']:.4f}", "", ""
+    )
+    table.add_row(
+        "final", f"{result.vote} vote", "", "", "", f"[bold]{result.oof_score:.4f}[/]", "", ""
+    )
+    return table
+
+
+def _print_test(result, metric: str) -> None:
+    m = result.metrics
+    console.print(
+        f"test: {len(result.paths)} images  accuracy {m['accuracy']:.4f}  "
+        f"f1_macro {m['f1_macro']:.4f}  "
+        f"log_loss {m['log_loss']:.4f}",
+        highlight=False,
+    )
+    matrix = Table(
+        title="confusion matrix (rows: true, columns: predicted)",
+        title_justify="left",
+        box=None,
+        padding=(0, 1, 0, 0),
+    )
+    matrix.add_column("")
+    for c in result.classes:
+        matrix.add_column(c, justify="right")
+    for c, row in zip(result.classes, m["confusion_matrix"], strict=True):
+        matrix.add_row(c, *(str(v) for v in row))
+    console.print(matrix)
 
 
 class _LiveTrial:

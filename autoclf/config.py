@@ -67,3 +67,23 @@ class SearchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinalizeConfig:
+    """The options of one ``autoclf finalize`` run."""
+
+    study: str
+    studies_dir: str = "studies"
+    storage: str | None = None
+    top_k: int = 5  # the most distinct members the ensemble may have
+    select: str = "greedy"  # greedy (Caruana, with replacement) | topk
+    vote: str = "auto"  # soft | hard | auto (the better on OOF)
+    tta: str = "auto"  # auto | off | a number of views
+    refit: str = "full"  # full (retrain on all data) | folds (keep the K fold models)
+    test: str | None = None
+    device: str = "auto"
+    loader_workers: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

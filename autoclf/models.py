@@ -3,6 +3,7 @@ single up-front check that pretrained weights can be had."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from collections.abc import Iterable
@@ -27,6 +28,16 @@ def create_model(params: TrainParams, *, num_classes: int) -> torch.nn.Module:
     if cfg is not None and cfg.fixed_input_size:
         kwargs["img_size"] = params.image_size  # ViT-style models are built for one size
     return timm.create_model(params.backbone, pretrained=params.pretrained, **kwargs)
+
+
+def load_trained(
+    params: TrainParams, path: str | os.PathLike, *, num_classes: int, device: torch.device
+) -> torch.nn.Module:
+    """A model autoclf trained and saved: weights only, never unpickled objects; a model
+    trained on a GPU loads on a CPU-only machine."""
+    model = create_model(dataclasses.replace(params, pretrained=False), num_classes=num_classes)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.to(device).eval()
 
 
 def normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -10,18 +10,18 @@ import os
 import random
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from autoclf.augment import eval_transform, train_transform
+from autoclf.augment import train_transform
 from autoclf.config import TrainParams
 from autoclf.errors import AutoclfError
+from autoclf.inference import Preprocess, autocast_for, predict_views
 from autoclf.metrics import Metric
-from autoclf.models import create_model, normalization
+from autoclf.models import create_model
 from autoclf.optim import LRSchedule, build_optimizer
 
 
@@ -118,20 +118,13 @@ def fit(
     if cuda:
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    mean, std = normalization(params.backbone)
-    mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
-
-    def to_input(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device, non_blocking=True).float().sub_(mean).div_(std)
-        return x.contiguous(memory_format=torch.channels_last) if cuda else x
+    # Normalisation (and any resize) happens on the device, for training and validation alike.
+    preprocess = Preprocess(params.backbone, size=params.image_size, device=device)
 
     # bf16 needs no loss scaling; fp16 (older GPUs) does. The CPU trains in fp32.
-    amp_dtype = None
-    if cuda and params.amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else nullcontext
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    autocast = autocast_for(device, params.amp)
+    fp16 = cuda and params.amp and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
 
     train_set = CachedImages(
         images,
@@ -152,16 +145,6 @@ def fit(
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=workers > 0,
     )
-    val_loader = None
-    if val_idx is not None:
-        val_set = CachedImages(images, labels, val_idx, eval_transform(size=params.image_size))
-        val_loader = DataLoader(
-            val_set,
-            batch_size=max(params.batch_size, 256),
-            num_workers=workers,
-            pin_memory=cuda,
-            persistent_workers=workers > 0,
-        )
 
     optimizer = build_optimizer(model, params)
     schedule = LRSchedule(optimizer, params, steps_per_epoch=len(train_loader))
@@ -174,7 +157,7 @@ def fit(
         model.train()
         loss_sum = torch.zeros((), device=device)
         for step, (x, y) in enumerate(train_loader):
-            x, y = to_input(x), y.to(device, non_blocking=True)
+            x, y = preprocess(x), y.to(device, non_blocking=True)
             with autocast():
                 loss = loss_fn(model(x), y)
             # This check is a CPU–GPU sync point; it is what stops a diverged run within a step.
@@ -195,9 +178,11 @@ def fit(
         train_loss = loss_sum.item() / max(1, len(train_loader))
 
         score = None
-        improved = val_loader is None
-        if val_loader is not None:
-            probs = predict_probs(model, val_loader, to_input=to_input, autocast=autocast)
+        improved = val_idx is None
+        if val_idx is not None:
+            probs = predict_views(
+                model, images, indices=val_idx, preprocess=preprocess, amp=params.amp
+            )[0]
             score = metric(labels[val_idx], probs)
             improved = result.best_score is None or metric.better(score, result.best_score)
             if improved:
@@ -217,27 +202,9 @@ def fit(
         result.history.append(report)
         if on_epoch is not None:
             on_epoch(report)
-        if (
-            params.patience
-            and val_loader is not None
-            and epoch - result.best_epoch >= params.patience
-        ):
+        if params.patience and val_idx is not None and epoch - result.best_epoch >= params.patience:
             break
     return result
-
-
-@torch.inference_mode()
-def predict_probs(
-    model: torch.nn.Module, loader: DataLoader, *, to_input, autocast=nullcontext
-) -> np.ndarray:
-    model.eval()
-    chunks = []
-    for x, _ in loader:
-        with autocast():
-            logits = model(to_input(x))
-        chunks.append(torch.softmax(logits.float(), dim=1))
-    # One transfer at the end instead of a sync per batch.
-    return torch.cat(chunks).cpu().numpy().astype(np.float32)
 
 
 def _loader_workers(requested: int | None, device: torch.device) -> int:

@@ -132,6 +132,55 @@ def _index_csv(csv_path: Path) -> DataIndex:
     )
 
 
+def build_prediction_index(
+    source: str | Path, *, classes: tuple[str, ...], datasets_dir: str | Path
+) -> tuple[tuple[str, ...], np.ndarray | None]:
+    """Images to predict: their paths and, where the data carries labels, the label ids in
+    ``classes`` (the training classes). A flat folder of images, or a CSV with only a
+    ``path`` column, has no labels."""
+    text = str(source)
+    path = Path(source).expanduser()
+    if text not in BUILTIN and path.is_dir() and not _has_class_folders(path):
+        files = sorted(
+            str(f.resolve())
+            for f in path.rglob("*")
+            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not files:
+            raise DataError(f"no images in {path}")
+        return tuple(files), None
+    if text not in BUILTIN and path.is_file() and path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            header = [c.strip() for c in (next(csv.reader(fh), None) or [])]
+        if "label" not in header:
+            return _paths_only_csv(path.resolve()), None
+    index = build_index(source, datasets_dir=datasets_dir)
+    unknown = sorted(set(index.classes) - set(classes))
+    if unknown:
+        raise DataError(
+            f"{source}: label(s) {unknown} were not among the training classes {list(classes)}"
+        )
+    lookup = {name: i for i, name in enumerate(classes)}
+    labels = np.asarray([lookup[index.classes[label]] for label in index.labels], dtype=np.int64)
+    return index.paths, labels
+
+
+def _has_class_folders(root: Path) -> bool:
+    return any(d.is_dir() and not d.name.startswith(".") for d in root.iterdir())
+
+
+def _paths_only_csv(csv_path: Path) -> tuple[str, ...]:
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "path" not in rows[0]:
+        raise DataError(f"{csv_path}: needs a 'path' column (and optionally 'label')")
+    paths = [(csv_path.parent / r["path"].strip()).resolve() for r in rows]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"{csv_path}: {len(missing)} path(s) do not exist, e.g. {missing[0]}")
+    return tuple(str(p) for p in paths)
+
+
 def save_index(index: DataIndex, folds: np.ndarray, target: str | Path) -> None:
     """Write the table (path, label, group, fold) that every later stage reads."""
     buffer = io.StringIO()

@@ -1,0 +1,372 @@
+"""autoclf finalize: from a finished search to a saved ensemble, scored on OOF predictions.
+
+1. members   pick trials on their stored OOF probabilities (greedy Caruana or plain top-k)
+2. folds     retrain each member's K fold models (the search's own seeds) and predict every
+             held-out image under every TTA view: OOF probabilities per view
+3. TTA       per member, keep the views only where they improve its OOF score
+4. vote      soft or hard, whichever scores better on OOF (or as asked)
+5. refit     retrain each member on all images (``full``) or keep its fold models (``folds``)
+6. save      weights and manifest.json (all ``predict`` needs), summary.json; with a test
+             set, predictions.csv and test metrics
+
+Every expensive step leaves a file under ``final/members/<trial>/`` and is skipped when that
+file exists, so a finalize that was interrupted picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+
+import autoclf
+from autoclf import atomic
+from autoclf.config import FinalizeConfig, TrainParams
+from autoclf.data import build_cache
+from autoclf.ensemble import rank_key, select_greedy, select_top_k, vote
+from autoclf.errors import AutoclfError
+from autoclf.inference import VIEWS, Preprocess, predict_views
+from autoclf.metrics import Metric, get_metric
+from autoclf.models import load_trained
+from autoclf.predict import PredictResult, predict, write_predictions
+from autoclf.search.objective import trial_seed
+from autoclf.study import StudyFiles, load_study, open_study_dir
+from autoclf.trainer import fit, resolve_device
+
+TTA_PREFIXES = (2, 4, 8)  # the view counts --tta auto tries against the identity alone
+StepFn = Callable[[str], None]
+
+
+@dataclass
+class MemberReport:
+    trial: int
+    weight: float
+    params: dict[str, Any]
+    cv_value: float  # the trial's CV value from the search
+    oof: float  # OOF score of its retrained fold models, no TTA
+    oof_tta: float  # OOF score with the views kept
+    views: list[str]
+    refit_epochs: int | None = None
+
+
+@dataclass
+class FinalResult:
+    final_dir: Path
+    metric: str
+    members: list[MemberReport]
+    ensemble: dict[str, dict[str, float]]  # {"soft"|"hard": {"plain": s, "tta": s}}
+    vote: str
+    oof_score: float
+    best_single: float
+    selection_history: list[float]
+    test: PredictResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> FinalResult:
+    _check_options(config)
+    files = open_study_dir(config.studies_dir, config.study)
+    study = load_study(files, config.storage)
+    metric = get_metric(files.config.metric)
+    device = resolve_device(config.device)
+    labels = files.index.label_array
+    final_dir = files.dir / "final"
+
+    trials = _complete_trials(study, files)
+    candidates = [np.load(files.dir / t.user_attrs["oof_path"]) for t in trials]
+    if config.select == "greedy":
+        selection = select_greedy(candidates, labels, metric=metric, max_members=config.top_k)
+    else:
+        selection = select_top_k(candidates, labels, metric=metric, k=config.top_k)
+    chosen = [trials[i] for i in selection.members]
+    on_step(
+        f"members: trials {[t.number for t in chosen]} "
+        f"(from {len(trials)} complete trials, {config.select} selection)"
+    )
+
+    cache = build_cache(
+        files.index.paths, size=files.space.max_image_size, cache_dir=files.dir / "cache"
+    )
+    n_views = len(VIEWS) if config.tta == "auto" else 1 if config.tta == "off" else int(config.tta)
+    members: list[MemberReport] = []
+    plain, tta = [], []
+    for trial, weight in zip(chosen, selection.weights, strict=True):
+        params = TrainParams.from_dict(trial.user_attrs["config"])
+        oof_views = _fold_oof(
+            trial.number, params, files, cache.images, n_views, device, config, on_step
+        )
+        kept = _choose_views(config.tta, oof_views, labels, metric)
+        plain.append(oof_views[0])
+        tta.append(oof_views[:kept].mean(axis=0))
+        members.append(
+            MemberReport(
+                trial=trial.number,
+                weight=weight,
+                params=params.to_dict(),
+                cv_value=float(trial.value),
+                oof=metric(labels, oof_views[0]),
+                oof_tta=metric(labels, tta[-1]),
+                views=[v.name for v in VIEWS[:kept]],
+            )
+        )
+
+    weights = [m.weight for m in members]
+    ensemble = {
+        kind: {
+            "plain": metric(labels, vote(kind, plain, weights)),
+            "tta": metric(labels, vote(kind, tta, weights)),
+        }
+        for kind in ("soft", "hard")
+    }
+    vote_kind = _choose_vote(config.vote, tta, weights, labels, metric)
+    final_probs = vote(vote_kind, tta, weights)
+    notes: list[str] = []
+    best = max(range(len(members)), key=lambda i: rank_key(metric, labels, tta[i]))
+    if rank_key(metric, labels, tta[best]) > rank_key(metric, labels, final_probs):
+        # The ensemble must earn its cost: a single member that beats it on OOF is the answer.
+        notes.append(
+            f"trial {members[best].trial} alone beat the ensemble on OOF; it is the final model"
+        )
+        members, tta, weights = [members[best]], [tta[best]], [1.0]
+        members[0].weight = 1.0
+        final_probs = tta[0]
+
+    for member in members:
+        member.refit_epochs = _refit(member, files, cache.images, device, config, on_step)
+
+    manifest = _manifest(files, members, vote_kind, config)
+    atomic.write_json(final_dir / "manifest.json", manifest)
+    result = FinalResult(
+        final_dir=final_dir,
+        metric=metric.name,
+        members=members,
+        ensemble=ensemble,
+        vote=vote_kind,
+        oof_score=metric(labels, final_probs),
+        best_single=max(
+            (m.oof_tta for m in members), key=lambda s: s if metric.direction == "maximize" else -s
+        ),
+        selection_history=list(selection.history),
+        notes=notes,
+    )
+    if config.test is not None:
+        on_step(f"predicting {config.test}")
+        result.test = predict(final_dir, config.test, device=device, studies_dir=config.studies_dir)
+        write_predictions(result.test, final_dir / "predictions.csv")
+    atomic.write_json(final_dir / "summary.json", _summary(result, config))
+    return result
+
+
+def _check_options(config: FinalizeConfig) -> None:
+    if config.top_k < 1:
+        raise AutoclfError(f"--top-k must be at least 1, got {config.top_k}")
+    if config.select not in ("greedy", "topk"):
+        raise AutoclfError(f"--select must be greedy or topk, got {config.select!r}")
+    if config.vote not in ("soft", "hard", "auto"):
+        raise AutoclfError(f"--vote must be soft, hard or auto, got {config.vote!r}")
+    if config.refit not in ("full", "folds"):
+        raise AutoclfError(f"--refit must be full or folds, got {config.refit!r}")
+    if config.tta not in ("auto", "off") and not (
+        config.tta.isdigit() and 1 <= int(config.tta) <= len(VIEWS)
+    ):
+        raise AutoclfError(
+            f"--tta must be auto, off or a number of views from 1 to {len(VIEWS)}, "
+            f"got {config.tta!r}"
+        )
+
+
+def _complete_trials(study: optuna.Study, files: StudyFiles) -> list[optuna.trial.FrozenTrial]:
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if "oof_path" in t.user_attrs and (files.dir / t.user_attrs["oof_path"]).is_file()
+    ]
+    if not trials:
+        raise AutoclfError(
+            f"study {files.config.study!r} has no complete trial with out-of-fold predictions yet; "
+            "run `autoclf search` until at least one trial completes"
+        )
+    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(trials, key=lambda t: t.value, reverse=reverse)
+
+
+def _fold_oof(
+    number: int,
+    params: TrainParams,
+    files: StudyFiles,
+    images: np.ndarray,
+    n_views: int,
+    device: torch.device,
+    config: FinalizeConfig,
+    on_step: StepFn,
+) -> np.ndarray:
+    """OOF probabilities of every view, (n_views, images, classes), from retrained fold models."""
+    member_dir = files.dir / "final" / "members" / str(number)
+    oof_path = member_dir / f"oof_views{n_views}.npy"
+    if oof_path.is_file():
+        return np.load(oof_path)
+    labels, n_classes = files.index.label_array, len(files.index.classes)
+    preprocess = Preprocess(params.backbone, size=params.image_size, device=device)
+    oof = np.zeros((n_views, len(labels), n_classes), dtype=np.float32)
+    for fold in range(files.n_folds):
+        val_idx = np.flatnonzero(files.folds == fold)
+        weights_path = member_dir / f"fold{fold}.pt"
+        if not weights_path.with_suffix(".json").is_file():  # the record written last marks it done
+            result = fit(
+                params,
+                images=images,
+                labels=labels,
+                train_idx=np.flatnonzero(files.folds != fold),
+                val_idx=val_idx,
+                num_classes=n_classes,
+                metric=get_metric(files.config.metric),
+                seed=trial_seed(files.config.seed, number, fold),
+                device=device,
+                loader_workers=config.loader_workers,
+                keep_weights=True,
+            )
+            _save_weights(result.state_dict, weights_path, best_epoch=result.best_epoch)
+            on_step(
+                f"trial {number}: fold {fold + 1}/{files.n_folds} retrained "
+                f"(best epoch {result.best_epoch})"
+            )
+        model = load_trained(params, weights_path, num_classes=n_classes, device=device)
+        oof[:, val_idx] = predict_views(
+            model,
+            images,
+            indices=val_idx,
+            preprocess=preprocess,
+            views=VIEWS[:n_views],
+            amp=params.amp,
+        )
+    atomic.save_npy(oof_path, oof)
+    return oof
+
+
+def _choose_views(tta: str, oof_views: np.ndarray, labels: np.ndarray, metric: Metric) -> int:
+    """How many views a member keeps: all asked for, or under auto, the prefix that scores
+    best on OOF, where the identity alone wins ties."""
+    if tta != "auto":
+        return len(oof_views)
+    best, best_key = 1, rank_key(metric, labels, oof_views[0])
+    for n in TTA_PREFIXES:
+        key = rank_key(metric, labels, oof_views[:n].mean(axis=0))
+        if key > best_key:
+            best, best_key = n, key
+    return best
+
+
+def _choose_vote(
+    kind: str, probs: list[np.ndarray], weights: list[float], labels: np.ndarray, metric: Metric
+) -> str:
+    if kind != "auto":
+        return kind
+    soft, hard = (rank_key(metric, labels, vote(k, probs, weights)) for k in ("soft", "hard"))
+    return "hard" if hard > soft else "soft"
+
+
+def _refit(
+    member: MemberReport,
+    files: StudyFiles,
+    images: np.ndarray,
+    device: torch.device,
+    config: FinalizeConfig,
+    on_step: StepFn,
+) -> int | None:
+    """Train the member on every image for as many epochs as its folds settled on."""
+    if config.refit == "folds":
+        return None
+    member_dir = files.dir / "final" / "members" / str(member.trial)
+    best_epochs = [
+        json.loads((member_dir / f"fold{k}.json").read_text())["best_epoch"]
+        for k in range(files.n_folds)
+    ]
+    epochs = max(1, round(float(np.mean(best_epochs))))
+    weights_path = member_dir / "full.pt"
+    if weights_path.with_suffix(".json").is_file():
+        return epochs
+    params = dataclasses.replace(TrainParams.from_dict(member.params), epochs=epochs, patience=0)
+    result = fit(
+        params,
+        images=images,
+        labels=files.index.label_array,
+        train_idx=np.arange(len(files.index)),
+        val_idx=None,
+        num_classes=len(files.index.classes),
+        metric=get_metric(files.config.metric),
+        seed=trial_seed(files.config.seed, member.trial, files.n_folds),
+        device=device,
+        loader_workers=config.loader_workers,
+        keep_weights=True,
+    )
+    _save_weights(result.state_dict, weights_path, best_epoch=epochs)
+    on_step(f"trial {member.trial}: retrained on all {len(files.index)} images for {epochs} epochs")
+    return epochs
+
+
+def _save_weights(state_dict: dict[str, torch.Tensor], path: Path, *, best_epoch: int) -> None:
+    # Weights first, then the small record that marks them finished: a crash between the two
+    # only costs a retrain, never a half-written checkpoint.
+    atomic.write_with(path, lambda tmp: torch.save(state_dict, tmp), suffix=".pt")
+    atomic.write_json(path.with_suffix(".json"), {"best_epoch": best_epoch})
+
+
+def _manifest(
+    files: StudyFiles, members: list[MemberReport], vote_kind: str, config: FinalizeConfig
+) -> dict:
+    def weight_files(m: MemberReport) -> list[str]:
+        names = (
+            ["full.pt"] if config.refit == "full" else [f"fold{k}.pt" for k in range(files.n_folds)]
+        )
+        return [f"members/{m.trial}/{n}" for n in names]
+
+    return {
+        "autoclf_version": autoclf.__version__,
+        "study": files.config.study,
+        "metric": files.config.metric,
+        "classes": list(files.index.classes),
+        "cache_size": files.space.max_image_size,
+        "vote": vote_kind,
+        "refit": config.refit,
+        "members": [
+            {
+                "trial": m.trial,
+                "weight": m.weight,
+                "params": m.params,
+                "views": m.views,
+                "weights": weight_files(m),
+            }
+            for m in members
+        ],
+    }
+
+
+def _summary(result: FinalResult, config: FinalizeConfig) -> dict:
+    summary: dict[str, Any] = {
+        "options": config.to_dict(),
+        "metric": result.metric,
+        "oof": {
+            "ensemble": result.oof_score,
+            "best_single_member": result.best_single,
+            "vote": result.vote,
+            "soft": result.ensemble["soft"],
+            "hard": result.ensemble["hard"],
+            "selection_history": result.selection_history,
+        },
+        "members": [dataclasses.asdict(m) for m in result.members],
+        "notes": result.notes,
+    }
+    if result.test is not None:
+        summary["test"] = {
+            "data": config.test,
+            "rows": len(result.test.paths),
+            **result.test.metrics,
+        }
+    return summary

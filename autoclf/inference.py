@@ -1,0 +1,122 @@
+"""Batched inference on cached uint8 images: preprocessing on the device, TTA views as one
+forward pass per batch, and the saved ensemble that ``predict`` loads.
+
+Validation during training goes through the same :func:`predict_views`, so a model is scored
+in the search exactly as it predicts later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from autoclf.models import normalization
+
+
+@dataclass(frozen=True)
+class View:
+    """A deterministic test-time view: optional horizontal flip, zoom (scale < 1 zooms in)
+    and shift (fractions of the image size)."""
+
+    name: str
+    flip: bool = False
+    scale: float = 1.0
+    shift: tuple[float, float] = (0.0, 0.0)
+
+
+# In the order ``--tta N`` takes them: the identity first, then the views that most often help.
+VIEWS: tuple[View, ...] = (
+    View("identity"),
+    View("hflip", flip=True),
+    View("zoom", scale=0.9),
+    View("hflip+zoom", flip=True, scale=0.9),
+    View("shift+", shift=(0.06, 0.06)),
+    View("shift-", shift=(-0.06, -0.06)),
+    View("hflip+shift+", flip=True, shift=(0.06, -0.06)),
+    View("hflip+shift-", flip=True, shift=(-0.06, 0.06)),
+)
+VIEWS_BY_NAME = {v.name: v for v in VIEWS}
+IDENTITY = (VIEWS[0],)
+
+
+def apply_views(x: torch.Tensor, views: Sequence[View]) -> torch.Tensor:
+    """Stack the views of a batch (B, C, H, W) along the batch axis: (len(views) * B, C, H, W)."""
+    out = []
+    for view in views:
+        v = x.flip(3) if view.flip else x
+        if view.scale != 1.0 or view.shift != (0.0, 0.0):
+            # One affine resample covers zoom and shift; border padding avoids black edges.
+            theta = torch.zeros(v.shape[0], 2, 3, device=v.device, dtype=v.dtype)
+            theta[:, 0, 0] = theta[:, 1, 1] = view.scale
+            theta[:, 0, 2], theta[:, 1, 2] = 2 * view.shift[0], 2 * view.shift[1]
+            grid = F.affine_grid(theta, list(v.shape), align_corners=False)
+            v = F.grid_sample(v, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out.append(v)
+    return torch.cat(out) if len(out) > 1 else out[0]
+
+
+class Preprocess:
+    """uint8 images (B, H, W, 3) or (B, 3, H, W) → normalised float (B, 3, size, size) on the
+    device, resized there if the cache holds another size."""
+
+    def __init__(self, backbone: str, *, size: int, device: torch.device):
+        mean, std = normalization(backbone)
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+        self.size, self.device = size, device
+        self.channels_last = device.type == "cuda"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == 3 and x.shape[1] != 3:
+            x = x.permute(0, 3, 1, 2)
+        x = x.to(self.device, non_blocking=True).float()
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(
+                x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+            )
+        x = x.sub_(self.mean).div_(self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def autocast_for(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA where supported, else fp16; nothing on the CPU."""
+    if device.type != "cuda" or not enabled:
+        return nullcontext
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return lambda: torch.autocast("cuda", dtype=dtype)
+
+
+@torch.inference_mode()
+def predict_views(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    *,
+    preprocess: Preprocess,
+    views: Sequence[View] = IDENTITY,
+    indices: np.ndarray | None = None,
+    batch_size: int = 256,
+    amp: bool = True,
+) -> np.ndarray:
+    """Class probabilities of every view: (len(views), n_images, n_classes), float32.
+
+    Images are read from the (memory-mapped) cache a batch at a time; all views of a batch go
+    through the model in one forward pass.
+    """
+    model.eval()
+    autocast = autocast_for(preprocess.device, amp)
+    rows = np.arange(len(images)) if indices is None else np.asarray(indices)
+    per_batch = max(1, batch_size // len(views))
+    chunks = []
+    for start in range(0, len(rows), per_batch):
+        batch = torch.from_numpy(np.ascontiguousarray(images[rows[start : start + per_batch]]))
+        x = apply_views(preprocess(batch), views)
+        with autocast():
+            logits = model(x)
+        chunks.append(torch.softmax(logits.float(), dim=1).view(len(views), -1, logits.shape[1]))
+    # One device-to-host transfer at the end instead of a sync per batch.
+    return torch.cat(chunks, dim=1).cpu().numpy()

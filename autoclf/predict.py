@@ -1,0 +1,90 @@
+"""Predict with a saved ensemble: everything needed is in ``final/manifest.json``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix
+
+from autoclf import atomic
+from autoclf.config import TrainParams
+from autoclf.data import build_cache
+from autoclf.data.index import build_prediction_index
+from autoclf.ensemble import vote
+from autoclf.errors import AutoclfError
+from autoclf.inference import VIEWS_BY_NAME, Preprocess, predict_views
+from autoclf.metrics import METRICS
+from autoclf.models import load_trained
+
+
+@dataclass
+class PredictResult:
+    paths: tuple[str, ...]
+    classes: tuple[str, ...]
+    probs: np.ndarray  # (images, classes): probabilities (soft vote) or vote shares (hard)
+    labels: np.ndarray | None  # true labels, where the data has them
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+
+def load_manifest(final_dir: str | Path) -> dict[str, Any]:
+    path = Path(final_dir) / "manifest.json"
+    if not path.is_file():
+        raise AutoclfError(f"no saved ensemble at {path}; run `autoclf finalize` first")
+    return json.loads(path.read_text())
+
+
+def predict(
+    final_dir: str | Path, data: str, *, device: torch.device, studies_dir: str | Path = "studies"
+) -> PredictResult:
+    final_dir = Path(final_dir)
+    manifest = load_manifest(final_dir)
+    classes = tuple(manifest["classes"])
+    paths, labels = build_prediction_index(
+        data, classes=classes, datasets_dir=Path(studies_dir).resolve() / "_datasets"
+    )
+    cache = build_cache(paths, size=manifest["cache_size"], cache_dir=final_dir / "cache")
+    member_probs = []
+    for member in manifest["members"]:
+        params = TrainParams.from_dict(member["params"])
+        views = [VIEWS_BY_NAME[name] for name in member["views"]]
+        preprocess = Preprocess(params.backbone, size=params.image_size, device=device)
+        total = np.zeros((len(paths), len(classes)), dtype=np.float64)
+        for weights in member["weights"]:  # one full model, or the K fold models
+            model = load_trained(
+                params, final_dir / weights, num_classes=len(classes), device=device
+            )
+            total += predict_views(model, cache.images, preprocess=preprocess, views=views).mean(
+                axis=0
+            )
+            del model  # one member's model in memory at a time
+        member_probs.append((total / len(member["weights"])).astype(np.float32))
+    probs = vote(manifest["vote"], member_probs, [m["weight"] for m in manifest["members"]])
+    result = PredictResult(paths, classes, probs, labels)
+    if labels is not None:
+        result.metrics = {name: metric(labels, probs) for name, metric in METRICS.items()}
+        result.metrics["confusion_matrix"] = confusion_matrix(
+            labels, result.predicted, labels=np.arange(len(classes))
+        ).tolist()
+        result.metrics["classes"] = list(classes)
+    return result
+
+
+def write_predictions(result: PredictResult, target: str | Path) -> None:
+    """CSV: path, predicted label, one probability column per class (``prob_<class>``)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label", *(f"prob_{c}" for c in result.classes)])
+    for path, pred, row in zip(result.paths, result.predicted, result.probs, strict=True):
+        writer.writerow([path, result.classes[pred], *(f"{p:.6f}" for p in row)])
+    atomic.write_text(target, buffer.getvalue())
