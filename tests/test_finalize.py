@@ -1,0 +1,233 @@
+"""finalize and predict on a real (small) digits search."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoclf.config import FinalizeConfig, SearchConfig
+from autoclf.finalize import finalize
+from autoclf.metrics import get_metric
+from autoclf.search import prepare, run
+
+SPACE = """
+params:
+  backbone: {type: categorical, choices: [test_efficientnet, test_resnet]}
+  lr: {type: categorical, choices: [0.01, 0.005]}
+  batch_size: 64
+  epochs: 2
+  image_size: 16
+  aug_strength: 0.1
+pruner: {name: none}
+"""
+ACC = get_metric("accuracy")
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> Path:
+    """A finished 3-trial, 2-fold digits search; tests copy it so each finalizes afresh."""
+    root = tmp_path_factory.mktemp("search")
+    (root / "space.yaml").write_text(SPACE)
+    config = SearchConfig(
+        data="digits",
+        study="s",
+        space=str(root / "space.yaml"),
+        folds=2,
+        trials=3,
+        studies_dir=str(root / "studies"),
+    )
+    prepared = prepare(config)
+    for backbone, lr in (
+        ("test_efficientnet", 0.01),
+        ("test_resnet", 0.01),
+        ("test_efficientnet", 0.005),
+    ):
+        prepared.study.enqueue_trial({"backbone": backbone, "lr": lr})
+    run(prepared)
+    return root / "studies"
+
+
+@pytest.fixture
+def studies(searched, tmp_path) -> Path:
+    copy = tmp_path / "studies"
+    # The default storage is found from the study's folder, so the copy is self-contained.
+    shutil.copytree(searched, copy)
+    return copy
+
+
+def _finalize(studies: Path, **options) -> tuple:
+    result = finalize(FinalizeConfig(study="s", studies_dir=str(studies), **options))
+    final = studies / "s" / "final"
+    return (
+        result,
+        json.loads((final / "summary.json").read_text()),
+        json.loads((final / "manifest.json").read_text()),
+    )
+
+
+def test_outputs_scores_and_test_predictions(studies):
+    result, summary, manifest = _finalize(studies, top_k=2, test="digits-test")
+    assert 1 <= len(manifest["members"]) <= 2
+    assert manifest["classes"] == [str(d) for d in range(10)] and manifest["cache_size"] == 16
+    assert summary["oof"]["ensemble"] >= summary["oof"]["best_single_member"]
+    assert (
+        summary["oof"]["ensemble"] == pytest.approx(summary["oof"][result.vote]["tta"])
+        or result.notes
+    )
+    for member in summary["members"]:
+        for w in next(m for m in manifest["members"] if m["trial"] == member["trial"])["weights"]:
+            assert (studies / "s" / "final" / w).is_file()
+    rows = list(csv.reader((studies / "s" / "final" / "predictions.csv").open()))
+    assert rows[0] == ["path", "label", *(f"prob_{d}" for d in range(10))]
+    assert len(rows) == 361
+    probs = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    assert [r[1] for r in rows[1:]] == [str(int(i)) for i in probs.argmax(axis=1)]
+    test = summary["test"]
+    assert test["rows"] == 360 and test["accuracy"] > 0.5
+    assert np.array(test["confusion_matrix"]).sum() == 360
+    # Each row's true label is its folder: the reported accuracy is the CSV's accuracy.
+    truth = [Path(r[0]).parent.name for r in rows[1:]]
+    assert np.mean([t == r[1] for t, r in zip(truth, rows[1:], strict=True)]) == pytest.approx(
+        test["accuracy"]
+    )
+
+
+def test_member_oof_reproduces_the_search(studies):
+    result, summary, _ = _finalize(studies, top_k=1, tta="off", select="topk")
+    member = summary["members"][0]
+    # Retrained with the search's own seeds, the fold models score what the trial scored.
+    assert member["oof"] == pytest.approx(member["cv_value"], abs=0.01)
+    assert member["views"] == ["identity"] and member["oof_tta"] == member["oof"]
+
+
+def test_tta_auto_only_keeps_views_that_help(studies):
+    _, summary, manifest = _finalize(studies, top_k=3, tta="auto")
+    for member in summary["members"]:
+        assert member["views"][0] == "identity" and len(member["views"]) in (1, 2, 4, 8)
+        if len(member["views"]) > 1:
+            assert member["oof_tta"] >= member["oof"]
+        else:
+            assert member["oof_tta"] == member["oof"]
+    assert [m["views"] for m in manifest["members"]] == [m["views"] for m in summary["members"]]
+
+
+def test_fixed_tta_count_and_hard_vote(studies):
+    result, summary, manifest = _finalize(studies, top_k=3, tta="2", vote="hard", refit="folds")
+    assert manifest["vote"] == "hard" and summary["oof"]["vote"] == "hard"
+    assert all(m["views"] == ["identity", "hflip"] for m in manifest["members"])
+    assert all(
+        len(m["weights"]) == 2 and m["weights"][0].endswith("fold0.pt") for m in manifest["members"]
+    )
+
+
+def test_auto_vote_picks_the_better_on_oof(studies):
+    result, summary, _ = _finalize(studies, top_k=3, select="topk", tta="off")
+    soft, hard = summary["oof"]["soft"]["tta"], summary["oof"]["hard"]["tta"]
+    if len(result.members) > 1:
+        assert result.vote == ("hard" if hard > soft else "soft")
+
+
+def test_interrupted_finalize_resumes_without_redoing_work(studies, monkeypatch):
+    import autoclf.finalize as fin
+
+    real_fit, calls = fin.fit, []
+
+    def dying_fit(*args, **kwargs):
+        calls.append(kwargs["seed"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as if Ctrl-C arrived during the third training run
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(fin, "fit", dying_fit)
+    with pytest.raises(KeyboardInterrupt):
+        _finalize(studies, top_k=2, select="topk", tta="off")
+    members_dir = studies / "s" / "final" / "members"
+    done = sorted(members_dir.rglob("*.pt"))
+    assert len(done) == 2
+    stamps = {p: p.stat().st_mtime_ns for p in done}
+
+    calls.clear()
+    monkeypatch.setattr(fin, "fit", lambda *a, **k: (calls.append(k["seed"]), real_fit(*a, **k))[1])
+    _, summary, _ = _finalize(studies, top_k=2, select="topk", tta="off")
+    assert {p: p.stat().st_mtime_ns for p in done} == stamps  # finished work was not redone
+    # 2 members x (2 folds + 1 full refit) = 6 runs in all; 2 were done before the interrupt.
+    assert len(calls) == 6 - 2
+    assert len(summary["members"]) == 2 and (studies / "s" / "final" / "manifest.json").is_file()
+
+
+def test_predict_in_a_fresh_process_matches_finalize(studies, tmp_path):
+    exe = str(Path(sys.executable).parent / "autoclf")
+    done = subprocess.run(
+        [
+            exe,
+            "finalize",
+            "--study",
+            "s",
+            "--studies-dir",
+            str(studies),
+            "--top-k",
+            "2",
+            "--test",
+            "digits-test",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "test: 360 images" in done.stdout
+    out = tmp_path / "again.csv"
+    pred = subprocess.run(
+        [
+            exe,
+            "predict",
+            "digits-test",
+            "--study",
+            "s",
+            "--studies-dir",
+            str(studies),
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert pred.returncode == 0, pred.stderr
+    first = list(csv.reader((studies / "s" / "final" / "predictions.csv").open()))
+    second = list(csv.reader(out.open()))
+    assert [r[:2] for r in first] == [r[:2] for r in second]
+    a = np.array([[float(v) for v in r[2:]] for r in first[1:]])
+    b = np.array([[float(v) for v in r[2:]] for r in second[1:]])
+    assert np.allclose(a, b, atol=1e-5)
+
+
+def test_predict_unlabelled_folder_and_unknown_labels(studies, tmp_path):
+    from autoclf.errors import DataError
+    from autoclf.predict import predict
+    from autoclf.trainer import resolve_device
+
+    _finalize(studies, top_k=1, tta="off", refit="folds")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    src = sorted((studies / "_datasets" / "digits" / "test" / "3").iterdir())[:4]
+    for p in src:
+        shutil.copy(p, flat / p.name)
+    final = studies / "s" / "final"
+    result = predict(final, str(flat), device=resolve_device("cpu"), studies_dir=studies)
+    assert len(result.paths) == 4 and result.labels is None and result.metrics == {}
+    odd = tmp_path / "odd" / "eleven"
+    odd.mkdir(parents=True)
+    shutil.copy(src[0], odd / "a.png")
+    with pytest.raises(DataError, match=r"label\(s\) \['eleven'\]"):
+        predict(final, str(tmp_path / "odd"), device=resolve_device("cpu"), studies_dir=studies)

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from autoclf.config import TrainParams
+from autoclf.inference import VIEWS, VIEWS_BY_NAME, Preprocess, apply_views, predict_views
+from autoclf.models import create_model
+
+CPU = torch.device("cpu")
+
+
+def test_views_stack_along_the_batch_in_order():
+    x = torch.rand(2, 3, 8, 8)
+    views = [VIEWS_BY_NAME["identity"], VIEWS_BY_NAME["hflip"], VIEWS_BY_NAME["zoom"]]
+    out = apply_views(x, views)
+    assert out.shape == (6, 3, 8, 8)
+    assert torch.equal(out[:2], x)
+    assert torch.equal(out[2:4], x.flip(3))
+    assert not torch.allclose(out[4:], x)  # zoom resamples
+
+
+def test_zoom_and_shift_keep_the_picture_roughly_in_place():
+    x = torch.zeros(1, 1, 33, 33)
+    x[..., 16, 16] = 1.0  # a bright centre pixel
+    zoomed = apply_views(x, [VIEWS_BY_NAME["zoom"]])
+    assert zoomed[0, 0].argmax() == x[0, 0].argmax()  # zooming about the centre keeps it
+    shifted = apply_views(x, [VIEWS_BY_NAME["shift+"]])
+    row, col = divmod(int(shifted[0, 0].argmax()), 33)
+    assert (row, col) != (16, 16) and abs(row - 16) <= 3 and abs(col - 16) <= 3
+
+
+def test_preprocess_normalises_and_resizes_on_the_device():
+    pre = Preprocess("test_resnet", size=16, device=CPU)  # test models use mean = std = 0.5
+    batch = torch.full((2, 32, 32, 3), 128, dtype=torch.uint8)  # NHWC, as the cache holds
+    out = pre(batch)
+    assert out.shape == (2, 3, 16, 16)
+    assert torch.allclose(out, torch.full_like(out, (128 - 127.5) / 127.5), atol=1e-4)
+
+
+def test_predict_views_shapes_and_batching_do_not_change_results():
+    torch.manual_seed(0)
+    model = create_model(TrainParams(backbone="test_resnet", image_size=16), num_classes=4).eval()
+    images = np.random.default_rng(0).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+    pre = Preprocess("test_resnet", size=16, device=CPU)
+    big = predict_views(model, images, preprocess=pre, views=VIEWS[:3], batch_size=256)
+    small = predict_views(model, images, preprocess=pre, views=VIEWS[:3], batch_size=7)
+    assert big.shape == (3, 10, 4)
+    assert np.allclose(big.sum(axis=2), 1.0, atol=1e-5)
+    assert np.allclose(big, small, atol=1e-5)
+    rows = predict_views(model, images, preprocess=pre, indices=np.array([7, 2]))
+    assert np.allclose(rows[0], big[0][[7, 2]], atol=1e-5)
