@@ -125,9 +125,15 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
         }
         for kind in ("soft", "hard")
     }
-    vote_kind = _choose_vote(config.vote, tta, weights, labels, metric)
-    final_probs = vote(vote_kind, tta, weights)
     notes: list[str] = []
+    vote_kind, use_tta = _choose_vote_and_tta(config, plain, tta, weights, labels, metric)
+    if not use_tta and any(len(m.views) > 1 for m in members):
+        # Views that help members one by one can still hurt their vote: the ensemble decides.
+        notes.append("TTA helped single members but not the ensemble; the ensemble runs without it")
+        for member in members:
+            member.views, member.oof_tta = ["identity"], member.oof
+        tta = plain
+    final_probs = vote(vote_kind, tta, weights)
     best = max(range(len(members)), key=lambda i: rank_key(metric, labels, tta[i]))
     if rank_key(metric, labels, tta[best]) > rank_key(metric, labels, final_probs):
         # The ensemble must earn its cost: a single member that beats it on OOF is the answer.
@@ -263,13 +269,23 @@ def _choose_views(tta: str, oof_views: np.ndarray, labels: np.ndarray, metric: M
     return best
 
 
-def _choose_vote(
-    kind: str, probs: list[np.ndarray], weights: list[float], labels: np.ndarray, metric: Metric
-) -> str:
-    if kind != "auto":
-        return kind
-    soft, hard = (rank_key(metric, labels, vote(k, probs, weights)) for k in ("soft", "hard"))
-    return "hard" if hard > soft else "soft"
+def _choose_vote_and_tta(
+    config: FinalizeConfig,
+    plain: list[np.ndarray],
+    tta: list[np.ndarray],
+    weights: list[float],
+    labels: np.ndarray,
+    metric: Metric,
+) -> tuple[str, bool]:
+    """The vote (auto: the better on OOF) and, under ``--tta auto``, whether the ensemble keeps
+    its members' views at all. On a tie, soft and no TTA (the cheaper) win."""
+    kinds = ("soft", "hard") if config.vote == "auto" else (config.vote,)
+    tta_options = (False, True) if config.tta == "auto" else (True,)
+    options = [(kind, use) for kind in kinds for use in tta_options]
+    keys = {
+        o: rank_key(metric, labels, vote(o[0], tta if o[1] else plain, weights)) for o in options
+    }
+    return max(options, key=lambda o: keys[o])  # max keeps the first of equals
 
 
 def _refit(

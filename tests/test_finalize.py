@@ -117,6 +117,10 @@ def test_tta_auto_only_keeps_views_that_help(studies):
         else:
             assert member["oof_tta"] == member["oof"]
     assert [m["views"] for m in manifest["members"]] == [m["views"] for m in summary["members"]]
+    # The ensemble is the best of soft/hard, with/without TTA (or a single member beating them).
+    oof = summary["oof"]
+    every_option = [oof[kind][use] for kind in ("soft", "hard") for use in ("plain", "tta")]
+    assert oof["ensemble"] >= max(every_option) - 1e-12
 
 
 def test_fixed_tta_count_and_hard_vote(studies):
