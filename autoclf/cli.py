@@ -319,18 +319,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_arg(data: str) -> str:
-    return data if data in BUILTIN else str(Path(data).expanduser().resolve())
-
-
-def _final_table(result) -> Table:
-    table = Table(
-        title=f"ensemble ({result.vote} vote), OOF {result.metric}",
+def _table(title: str) -> Table:
+    """The look of every autoclf table: no box, underlined headers, one space between columns."""
+    return Table(
+        title=title,
         title_justify="left",
         box=None,
         header_style="bold underline",
         padding=(0, 1, 0, 0),
     )
+
+
+def _data_arg(data: str) -> str:
+    return data if data in BUILTIN else str(Path(data).expanduser().resolve())
+
+
+def _final_table(result) -> Table:
+    table = _table(f"ensemble ({result.vote} vote), OOF {result.metric}")
     table.add_column("trial", justify="right")
     table.add_column("backbone", no_wrap=True)
     for col in ("weight", "CV", "OOF", "OOF+TTA", "TTA", "epochs"):
@@ -368,12 +373,7 @@ def _print_test(result, metric: str) -> None:
         f"log_loss {m['log_loss']:.4f}",
         highlight=False,
     )
-    matrix = Table(
-        title="confusion matrix (rows: true, columns: predicted)",
-        title_justify="left",
-        box=None,
-        padding=(0, 1, 0, 0),
-    )
+    matrix = _table("confusion matrix (rows: true, columns: predicted)")
     matrix.add_column("")
     for c in result.classes:
         matrix.add_column(c, justify="right")
@@ -431,13 +431,7 @@ def leaderboard(study: optuna.Study, metric: str, top: int = 10) -> Table:
     for t in study.get_trials(deepcopy=False):
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-    table = Table(
-        title=f"study {study.study_name}: {summary}",
-        title_justify="left",
-        box=None,
-        header_style="bold underline",
-        padding=(0, 1, 0, 0),
-    )
+    table = _table(f"study {study.study_name}: {summary}")
     table.add_column("#", justify="right")
     table.add_column(f"{metric} ±sd", justify="right", no_wrap=True)
     for key in KEY_PARAMS:
