@@ -142,6 +142,7 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
         )
         members, tta, weights = [members[best]], [tta[best]], [1.0]
         members[0].weight = 1.0
+        vote_kind = "soft"  # one member's own probabilities, not one-hot vote shares
         final_probs = tta[0]
 
     for member in members:

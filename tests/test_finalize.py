@@ -235,3 +235,24 @@ def test_predict_unlabelled_folder_and_unknown_labels(studies, tmp_path):
     shutil.copy(src[0], odd / "a.png")
     with pytest.raises(DataError, match=r"label\(s\) \['eleven'\]"):
         predict(final, str(tmp_path / "odd"), device=resolve_device("cpu"), studies_dir=studies)
+
+
+def test_a_single_member_that_beats_the_ensemble_is_the_final_model(studies, monkeypatch):
+    import autoclf.finalize as fin
+
+    labels = np.loadtxt(
+        studies / "s" / "index.csv", delimiter=",", skiprows=1, usecols=1, dtype=int
+    )
+    perfect = np.eye(10, dtype=np.float32)[labels][None]
+    wrong = np.eye(10, dtype=np.float32)[(labels + 1) % 10][None]
+
+    def crafted_oof(number, *args, **kwargs):
+        return perfect if number == 0 else wrong  # trial 0 is right everywhere, the rest never
+
+    monkeypatch.setattr(fin, "_fold_oof", crafted_oof)
+    result, summary, manifest = _finalize(
+        studies, top_k=3, select="topk", vote="hard", tta="off", refit="folds"
+    )
+    assert [m["trial"] for m in manifest["members"]] == [0]
+    assert manifest["vote"] == "soft" and manifest["members"][0]["weight"] == 1.0
+    assert summary["oof"]["ensemble"] == 1.0 and "alone beat the ensemble" in summary["notes"][0]
