@@ -210,7 +210,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"space: [bold]{space}[/] ({'CUDA found' if space == 'default' else 'no CUDA device'}; "
             "choose with --space)"
         )
-    data = args.data if args.data in BUILTIN else str(Path(args.data).expanduser().resolve())
+    data = _data_arg(args.data)
     config = SearchConfig(
         data=data,
         study=args.study,
