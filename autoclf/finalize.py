@@ -118,22 +118,28 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
         )
 
     weights = [m.weight for m in members]
+    # The four ensembles, voted once: reported in the summary and chosen among below.
+    voted = {
+        (kind, use): vote(kind, tta if use else plain, weights)
+        for kind in ("soft", "hard")
+        for use in (False, True)
+    }
     ensemble = {
         kind: {
-            "plain": metric(labels, vote(kind, plain, weights)),
-            "tta": metric(labels, vote(kind, tta, weights)),
+            "plain": metric(labels, voted[kind, False]),
+            "tta": metric(labels, voted[kind, True]),
         }
         for kind in ("soft", "hard")
     }
     notes: list[str] = []
-    vote_kind, use_tta = _choose_vote_and_tta(config, plain, tta, weights, labels, metric)
+    vote_kind, use_tta = _choose_vote_and_tta(config, voted, labels, metric)
     if not use_tta and any(len(m.views) > 1 for m in members):
         # Views that help members one by one can still hurt their vote: the ensemble decides.
         notes.append("TTA helped single members but not the ensemble; the ensemble runs without it")
         for member in members:
             member.views, member.oof_tta = ["identity"], member.oof
         tta = plain
-    final_probs = vote(vote_kind, tta, weights)
+    final_probs = voted[vote_kind, use_tta]
     best = max(range(len(members)), key=lambda i: rank_key(metric, labels, tta[i]))
     if rank_key(metric, labels, tta[best]) > rank_key(metric, labels, final_probs):
         # The ensemble must earn its cost: a single member that beats it on OOF is the answer.
@@ -272,9 +278,7 @@ def _choose_views(tta: str, oof_views: np.ndarray, labels: np.ndarray, metric: M
 
 def _choose_vote_and_tta(
     config: FinalizeConfig,
-    plain: list[np.ndarray],
-    tta: list[np.ndarray],
-    weights: list[float],
+    voted: dict[tuple[str, bool], np.ndarray],
     labels: np.ndarray,
     metric: Metric,
 ) -> tuple[str, bool]:
@@ -283,9 +287,7 @@ def _choose_vote_and_tta(
     kinds = ("soft", "hard") if config.vote == "auto" else (config.vote,)
     tta_options = (False, True) if config.tta == "auto" else (True,)
     options = [(kind, use) for kind in kinds for use in tta_options]
-    keys = {
-        o: rank_key(metric, labels, vote(o[0], tta if o[1] else plain, weights)) for o in options
-    }
+    keys = {o: rank_key(metric, labels, voted[o]) for o in options}
     return max(options, key=lambda o: keys[o])  # max keeps the first of equals
 
 
