@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import optuna
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -20,7 +21,7 @@ from autoclf.config import SearchConfig
 from autoclf.data.index import BUILTIN
 from autoclf.errors import AutoclfError
 from autoclf.metrics import METRICS
-from autoclf.search.events import EpochDone, Event, TrialFinished, TrialStarted
+from autoclf.search.events import EpochDone, Event, TrialFinished, TrialStarted, WorkerNote
 from autoclf.search.storage import dashboard_command, mask_url
 
 console = Console()
@@ -101,12 +102,31 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--studies-dir", default="studies", help="where studies live (default ./studies)"
     )
-    search.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    search.add_argument(
+        "--gpus",
+        default="auto",
+        help="GPUs to train on, one worker process each: indices such as 0,1, 'cpu', or 'auto' "
+        "(every visible GPU, else the CPU; default)",
+    )
+    search.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="worker processes per GPU, or on the CPU with --gpus cpu (default 1)",
+    )
+    search.add_argument(
+        "--heartbeat",
+        type=_positive_int,
+        default=60,
+        metavar="SECONDS",
+        help="workers mark their trial alive this often; a trial silent for 3 heartbeats "
+        "(its worker or machine died) is retried with the same parameters (default 60)",
+    )
     search.add_argument(
         "--loader-workers",
         type=int,
         default=None,
-        help="DataLoader worker processes (default: 0 on CPU, up to 8 on CUDA)",
+        help="DataLoader processes per worker (default: 0 on CPU, up to 8 per GPU worker)",
     )
     search.add_argument(
         "--allow-space-change",
@@ -199,16 +219,17 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from autoclf.search import prepare, run  # torch and timm load here, not for --help
+    from autoclf.search import prepare  # torch and timm load here, not for --help
+    from autoclf.search.pool import Pool, plan_slots
+    from autoclf.search.runner import SearchFailedError
 
+    slots = plan_slots(args.gpus, args.workers)
+    on_gpu = slots[0].device == "cuda"
     space = args.space
     if space is None:
-        import torch
-
-        space = "default" if torch.cuda.is_available() else "tiny"
+        space = "default" if on_gpu else "tiny"
         console.print(
-            f"space: [bold]{space}[/] ({'CUDA found' if space == 'default' else 'no CUDA device'}; "
-            "choose with --space)"
+            f"space: [bold]{space}[/] ({'on GPU' if on_gpu else 'on the CPU'}; choose with --space)"
         )
     data = _data_arg(args.data)
     config = SearchConfig(
@@ -222,8 +243,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         storage=args.storage,
         studies_dir=args.studies_dir,
-        device=args.device,
+        device=slots[0].device,
         loader_workers=args.loader_workers,
+        gpus=args.gpus,
+        workers=args.workers,
+        heartbeat=args.heartbeat,
     )
     with _progress("decoding images into the cache") as advance:
         prepared = prepare(
@@ -256,11 +280,30 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"already {prepared.finished()} finished trials "
             f"(target --trials {config.trials}); nothing to run"
         )
-    else:
-        view = _LiveTrial(config.metric)
-        with Live(view, console=console, refresh_per_second=4, transient=True):
-            run(prepared, on_event=view.handle)
+        console.print(leaderboard(study, config.metric))
+        return 0
+    console.print(
+        f"workers: {', '.join(s.name for s in slots)} (logs in {prepared.study_dir / 'logs'})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    view = _LiveWorkers(config.metric)
+    with Live(view, console=console, refresh_per_second=4, transient=True):
+        result = Pool(prepared, slots, on_event=view.handle).run()
     console.print(leaderboard(study, config.metric))
+    if result.interrupted is not None:
+        name = signal.Signals(result.interrupted).name
+        requeued = ", ".join(f"#{n}" for n in result.interrupted_trials) or "none"
+        err_console.print(
+            f"[yellow]stopped by {name}[/]: running trial(s) {requeued} failed and queued "
+            "again; run the same command to resume",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 128 + result.interrupted
+    if prepared.finished() < config.trials and len(result.gave_up) == len(slots):
+        reasons = "; ".join(f"{w}: {why}" for w, why in result.gave_up.items())
+        raise SearchFailedError(f"every worker stopped before --trials was reached ({reasons})")
     return 0
 
 
@@ -382,35 +425,45 @@ def _print_test(result, metric: str) -> None:
     console.print(matrix)
 
 
-class _LiveTrial:
-    """The running trial as one line, plus a printed line per finished trial."""
+class _LiveWorkers:
+    """One line per worker for its running trial, plus a printed line per finished trial."""
 
     def __init__(self, metric: str):
         self.metric = metric
-        self.text = Text("waiting for the first trial…")
+        self.lines: dict[str, Text] = {}
 
-    def __rich__(self) -> Text:
-        return self.text
+    def __rich__(self) -> Group | Text:
+        return Group(*self.lines.values()) if self.lines else Text("starting workers…")
 
     def handle(self, event: Event) -> None:
+        who = f"{event.worker}  " if event.worker else ""
         if isinstance(event, TrialStarted):
-            self.text = Text(f"trial {event.number}: starting  {_fmt_params(event.params)}")
+            self.lines[event.worker] = Text(
+                f"{who}trial {event.number}: starting  {_fmt_params(event.params)}"
+            )
         elif isinstance(event, EpochDone):
             r = event.report
-            self.text = Text(
-                f"trial {event.number}: fold {event.fold + 1}/{event.folds}  "
+            self.lines[event.worker] = Text(
+                f"{who}trial {event.number}: fold {event.fold + 1}/{event.folds}  "
                 f"epoch {r.epoch}/{r.epochs}  {self.metric} {r.score:.4f} "
                 f"(fold best {r.best_score:.4f})  loss {r.train_loss:.3f}  "
                 f"lr {r.lr:.2e}  {r.seconds:.1f}s/epoch"
             )
         elif isinstance(event, TrialFinished):
+            self.lines.pop(event.worker, None)
             console.print(_finished_line(event, self.metric), highlight=False)
+        elif isinstance(event, WorkerNote):
+            self.lines.pop(event.worker, None)
+            style = "red" if event.problem else "dim"
+            console.print(Text(f"{event.worker}: {event.message}", style=style))
 
 
 def _finished_line(event: TrialFinished, metric: str) -> Text:
     t = event.trial
     colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(t.state.name, "white")
     line = Text(f"#{t.number:<3} ")
+    if event.worker:
+        line.append(f"{event.worker:<5} ", style="dim")
     line.append(f"{t.state.name:<8}", style=colour)
     line.append(f" {t.value:.4f}" if t.value is not None else "       -")
     line.append(f"  {_fmt_params(t.params)}")

@@ -62,8 +62,11 @@ class SearchConfig:
     timeout: float | None = None
     storage: str | None = None
     studies_dir: str = "studies"
-    device: str = "auto"
+    device: str = "auto"  # where `run` trains in this process; worker processes use `gpus`
     loader_workers: int | None = None  # DataLoader worker processes; None = auto
+    gpus: str = "auto"  # "auto", "cpu", or GPU indices "0,1": one group of workers per device
+    workers: int = 1  # worker processes per device (per GPU, or on the CPU)
+    heartbeat: int = 60  # seconds; a trial with no heartbeat for 3 of these is retried
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,6 +6,8 @@ cache, so the only per-sample CPU work is augmentation.
 
 from __future__ import annotations
 
+import gc
+import math
 import os
 import random
 import time
@@ -104,12 +106,20 @@ def fit(
     loader_workers: int | None = None,
     keep_weights: bool = False,
     on_epoch: Callable[[EpochReport], None] | None = None,
+    micro_batch: int | None = None,
 ) -> FitResult:
     """Train ``params.backbone`` on ``train_idx`` and score each epoch on ``val_idx``.
 
     ``on_epoch`` runs after every epoch and may raise (``optuna.TrialPruned``) to stop. With
     ``val_idx=None`` it trains all ``params.epochs`` epochs and keeps the last weights.
+
+    ``micro_batch`` caps the rows in one forward pass, for training and validation alike, without
+    changing the training: each batch of ``params.batch_size`` accumulates its gradient over
+    chunks and takes one optimizer step. A trial that ran out of GPU memory can retry with it.
+    (BatchNorm still sees the chunks, not the whole batch.)
     """
+    if micro_batch is not None and micro_batch < 1:
+        raise ValueError(f"micro_batch must be at least 1, got {micro_batch}")
     seed_everything(seed)
     cuda = device.type == "cuda"
     workers = _loader_workers(loader_workers, device)
@@ -150,6 +160,9 @@ def fit(
     schedule = LRSchedule(optimizer, params, steps_per_epoch=len(train_loader))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
 
+    # predict_views' own default, unless the caller asked for smaller forward passes.
+    val_batch = 256 if micro_batch is None else min(256, micro_batch)
+
     result = FitResult(best_epoch=0, best_score=None, val_probs=None, epochs_run=0)
     timer = _Timer(device)
     for epoch in range(1, params.epochs + 1):
@@ -158,30 +171,41 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         for step, (x, y) in enumerate(train_loader):
             x, y = preprocess(x), y.to(device, non_blocking=True)
-            with autocast():
-                loss = loss_fn(model(x), y)
-            # This check is a CPU–GPU sync point; it is what stops a diverged run within a step.
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss became {loss.item()} at epoch {epoch}, step {step + 1} "
-                    f"(lr={schedule.lr:.3g}, {params.optimizer})"
-                )
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            # Near-equal chunks rather than micro_batch-sized ones and a remainder: a chunk of one
+            # would break BatchNorm on a 1x1 feature map, which is why drop_last is on.
+            chunks = 1 if micro_batch is None else math.ceil(len(y) / micro_batch)
+            for xc, yc in zip(x.tensor_split(chunks), y.tensor_split(chunks), strict=True):
+                with autocast():
+                    # Weighted by its share of the batch, the chunks' gradients add up to the
+                    # gradient of the batch's mean loss, and their losses to that mean loss.
+                    loss = loss_fn(model(xc), yc) * (len(yc) / len(y))
+                # This check is a CPU–GPU sync point; it is what stops a diverged run within a step.
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"loss became {loss.item()} at epoch {epoch}, step {step + 1} "
+                        f"(lr={schedule.lr:.3g}, {params.optimizer})"
+                    )
+                scaler.scale(loss).backward()
+                loss_sum += loss.detach()
             if params.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
-            loss_sum += loss.detach()
         train_loss = loss_sum.item() / max(1, len(train_loader))
 
         score = None
         improved = val_idx is None
         if val_idx is not None:
             probs = predict_views(
-                model, images, indices=val_idx, preprocess=preprocess, amp=params.amp
+                model,
+                images,
+                indices=val_idx,
+                preprocess=preprocess,
+                batch_size=val_batch,
+                amp=params.amp,
             )[0]
             score = metric(labels[val_idx], probs)
             improved = result.best_score is None or metric.better(score, result.best_score)
@@ -205,6 +229,15 @@ def fit(
         if params.patience and val_idx is not None and epoch - result.best_epoch >= params.patience:
             break
     return result
+
+
+def release_memory(device: torch.device) -> None:
+    """Give back what a finished (or out-of-memory) trial left behind: unreachable Python
+    objects that still hold tensors, then the CUDA allocator's cached blocks, so the next trial
+    starts from an empty device."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _loader_workers(requested: int | None, device: torch.device) -> int:

@@ -4,10 +4,16 @@ prune, and leave the out-of-fold probabilities on disk.
 Pruning with K-fold: each epoch is reported at the global step ``fold * max_epochs + epoch``.
 Steps never collide across folds, and a given step means the same fold and epoch in every
 trial of the study, so the pruner compares like with like, from the first fold on.
+
+Out of memory: a fold that runs out of (GPU) memory is trained again with half the
+micro-batch and gradient accumulation, so the effective batch and everything else stay the
+same. If that runs out too, the trial is pruned with reason ``oom``: a pruned trial (unlike a
+failed one) teaches the sampler to stay away from that region.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +26,7 @@ from autoclf import atomic
 from autoclf.metrics import Metric
 from autoclf.search.events import EpochDone, EventFn, TrialStarted
 from autoclf.search.space import SearchSpace
-from autoclf.trainer import EpochReport, NonFiniteLossError, fit
+from autoclf.trainer import EpochReport, NonFiniteLossError, fit, release_memory
 
 
 @dataclass
@@ -36,17 +42,21 @@ class Objective:
     study_dir: Path
     on_event: EventFn
     loader_workers: int | None = None
+    worker: str = ""
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = self.space.suggest(trial)
         trial.set_user_attr("config", params.to_dict())
         trial.set_user_attr("device", describe_device(self.device))
-        self.on_event(TrialStarted(trial.number, dict(trial.params)))
+        if self.worker:
+            trial.set_user_attr("worker", f"{self.worker} (pid {os.getpid()})")
+        self.on_event(TrialStarted(trial.number, dict(trial.params), self.worker, trial._trial_id))
         n_folds = int(self.folds.max()) + 1
         oof = np.full((len(self.labels), self.num_classes), np.nan, dtype=np.float32)
         scores: list[float] = []
         best_epochs: list[int] = []
         epochs_run = 0
+        micro_batch: int | None = None  # set after an out-of-memory error
         start = time.perf_counter()
         try:
             for fold in range(n_folds):
@@ -55,7 +65,7 @@ class Objective:
                     nonlocal epochs_run
                     epochs_run += 1  # pruned folds count too: epochs are the compute spent
                     trial.set_user_attr("epochs_run", epochs_run)
-                    self.on_event(EpochDone(trial.number, fold, n_folds, report))
+                    self.on_event(EpochDone(trial.number, fold, n_folds, report, self.worker))
                     step = fold * self.space.max_epochs + report.epoch
                     trial.report(report.score, step)
                     if trial.should_prune():
@@ -67,19 +77,36 @@ class Objective:
                         raise optuna.TrialPruned()
 
                 val_idx = np.flatnonzero(self.folds == fold)
-                result = fit(
-                    params,
-                    images=self.images,
-                    labels=self.labels,
-                    train_idx=np.flatnonzero(self.folds != fold),
-                    val_idx=val_idx,
-                    num_classes=self.num_classes,
-                    metric=self.metric,
-                    seed=trial_seed(self.seed, trial.number, fold),
-                    device=self.device,
-                    loader_workers=self.loader_workers,
-                    on_epoch=on_epoch,
-                )
+                while True:
+                    try:
+                        result = fit(
+                            params,
+                            images=self.images,
+                            labels=self.labels,
+                            train_idx=np.flatnonzero(self.folds != fold),
+                            val_idx=val_idx,
+                            num_classes=self.num_classes,
+                            metric=self.metric,
+                            seed=trial_seed(self.seed, trial.number, fold),
+                            device=self.device,
+                            loader_workers=self.loader_workers,
+                            micro_batch=micro_batch,
+                            on_epoch=on_epoch,
+                        )
+                        break
+                    except torch.OutOfMemoryError as exc:
+                        oom = str(exc).splitlines()[0] if str(exc) else "out of memory"
+                    # Outside the except block: the traceback, and the tensors its frames
+                    # hold, are gone before the memory is handed back.
+                    release_memory(self.device)
+                    tried = micro_batch or params.batch_size
+                    if micro_batch is not None or tried < 2:
+                        raise OutOfMemoryPruned(
+                            f"oom: out of memory at micro-batch {tried} "
+                            f"(batch {params.batch_size}) in fold {fold + 1}: {oom}"
+                        )
+                    micro_batch = tried // 2  # kept for the later folds too
+                    trial.set_user_attr("micro_batch", micro_batch)
                 oof[val_idx] = result.val_probs
                 scores.append(result.best_score)
                 best_epochs.append(result.best_epoch)
@@ -88,7 +115,13 @@ class Objective:
         except NonFiniteLossError as exc:
             trial.set_user_attr("pruned_reason", f"non-finite loss: {exc}")
             raise optuna.TrialPruned(str(exc)) from exc
+        except OutOfMemoryPruned as exc:
+            trial.set_user_attr("pruned_reason", str(exc))
+            raise optuna.TrialPruned(str(exc)) from None
         except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP: Optuna fails the trial
+            trial.set_user_attr("fail_reason", f"interrupted ({exc or 'SIGINT'})")
             raise
         except Exception as exc:
             # The trial boundary: any other failure becomes FAIL with its reason on the trial.
@@ -103,6 +136,10 @@ class Objective:
         value = float(np.mean(scores))
         trial.set_user_attr("cv_std", float(np.std(scores)))
         return value
+
+
+class OutOfMemoryPruned(Exception):
+    """Still out of memory at half the micro-batch."""
 
 
 def trial_seed(study_seed: int, trial_number: int, fold: int) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from optuna.trial import TrialState
 
 import autoclf
 from autoclf import atomic
@@ -36,11 +36,16 @@ from autoclf.models import ensure_pretrained
 from autoclf.search.events import EventFn, TrialFinished, ignore
 from autoclf.search.objective import Objective
 from autoclf.search.space import SearchSpace, load_space
-from autoclf.search.storage import default_storage_url, mask_url, open_storage
+from autoclf.search.storage import (
+    ClaimLock,
+    claim_lock,
+    default_storage_url,
+    mask_url,
+    open_storage,
+)
+from autoclf.search.worker import FINISHED, work
 from autoclf.trainer import resolve_device
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-MAX_CONSECUTIVE_FAILURES = 3
 # Settings that define a study: resuming with any other value would mix incomparable trials.
 IDENTITY_KEYS = ("data", "folds", "seed", "metric")
 
@@ -100,7 +105,7 @@ def prepare(
 
     storage_url = config.storage or default_storage_url(study_dir)
     try:
-        storage = open_storage(storage_url)
+        storage = open_storage(storage_url, heartbeat=config.heartbeat)
     except Exception as exc:  # SQLAlchemy/driver errors carry the URL; never show its password
         raise AutoclfError(
             f"cannot open storage {mask_url(storage_url)}: {mask_url(str(exc))}"
@@ -137,10 +142,10 @@ def prepare(
 
 
 def run(prepared: PreparedSearch, *, on_event: EventFn = ignore) -> optuna.Study:
-    """Run trials until ``config.trials`` have finished in total (a resume counts old ones)."""
+    """Run trials in this process until the study holds ``config.trials`` finished trials
+    (a resume counts the old ones). ``autoclf search`` runs the same loop in worker
+    processes instead (see ``pool.py``)."""
     config, study = prepared.config, prepared.study
-    if prepared.finished() >= config.trials:
-        return study
     objective = Objective(
         space=prepared.space,
         images=prepared.cache.images,
@@ -154,27 +159,76 @@ def run(prepared: PreparedSearch, *, on_event: EventFn = ignore) -> optuna.Study
         on_event=on_event,
         loader_workers=config.loader_workers,
     )
-    failures: list[optuna.trial.FrozenTrial] = []
-
-    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        on_event(TrialFinished(trial, _best_or_none(study)))
-        failures[:] = [*failures, trial] if trial.state == TrialState.FAIL else []
-        if len(failures) >= MAX_CONSECUTIVE_FAILURES:
-            study.stop()
-
-    study.optimize(
+    result = work(
+        study,
         objective,
-        timeout=config.timeout,
-        catch=(Exception,),
-        callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=FINISHED), after_trial],
+        target=config.trials,
+        claim=claim_lock(prepared.storage_url, config.study),
+        deadline=time.time() + config.timeout if config.timeout else None,
+        on_finished=lambda trial: on_event(TrialFinished(trial, _best_or_none(study))),
+        device=prepared.device,
     )
-    if len(failures) >= MAX_CONSECUTIVE_FAILURES:
-        reason = failures[-1].user_attrs.get("fail_reason", "unknown error")
-        raise SearchFailedError(
-            f"{len(failures)} trials in a row failed (trials {[t.number for t in failures]}); "
-            f"the last one with: {reason}"
-        )
+    if result.why == "failed":
+        raise SearchFailedError(failure_message(result.failures))
     return study
+
+
+def failure_message(failures: list[optuna.trial.FrozenTrial]) -> str:
+    reason = failures[-1].user_attrs.get("fail_reason", "unknown error")
+    return (
+        f"{len(failures)} trials in a row failed (trials {[t.number for t in failures]}); "
+        f"the last one with: {reason}"
+    )
+
+
+@dataclass
+class AttachedWorker:
+    study: optuna.Study
+    objective: Objective
+    claim: ClaimLock
+    device: torch.device
+
+
+def attach(
+    study_dir: Path,
+    *,
+    storage_url: str,
+    cache_path: str,
+    device: str,
+    heartbeat: int,
+    loader_workers: int | None,
+    sampler_seed: int,
+    worker: str,
+    on_event: EventFn,
+) -> AttachedWorker:
+    """What a worker process needs to run trials of a study that :func:`prepare` set up:
+    the saved index and folds, the decoded cache (memory-mapped, shared), the study."""
+    from autoclf.study import open_study_dir
+
+    files = open_study_dir(study_dir.parent, study_dir.name)
+    config = files.config
+    study = optuna.load_study(
+        study_name=config.study,
+        storage=open_storage(storage_url, heartbeat=heartbeat),
+        sampler=files.space.make_sampler(sampler_seed),
+        pruner=files.space.make_pruner(),
+    )
+    torch_device = resolve_device(device)
+    objective = Objective(
+        space=files.space,
+        images=np.load(cache_path, mmap_mode="r"),
+        labels=files.index.label_array,
+        folds=files.folds,
+        num_classes=len(files.index.classes),
+        metric=get_metric(config.metric),
+        seed=config.seed,
+        device=torch_device,
+        study_dir=study_dir,
+        on_event=on_event,
+        loader_workers=loader_workers,
+        worker=worker,
+    )
+    return AttachedWorker(study, objective, claim_lock(storage_url, config.study), torch_device)
 
 
 def _best_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:

@@ -1,19 +1,29 @@
 """Optuna storage: an SQLite file per study by default, any Optuna URL on request.
 
 SQLite and PostgreSQL both go through Optuna's RDBStorage, so heartbeats (stale-trial
-detection and retry) work the same on one machine and on many.
+detection and retry) work the same on one machine and on many. This module also holds the
+two things workers need beyond Optuna: a lock that makes "is there room for one more trial?"
+exact across processes and machines, and retries that keep the reason a trial was lost.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
+import threading
+import zlib
 from pathlib import Path
+from typing import Protocol
 
 import optuna
+import sqlalchemy
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
 
 HEARTBEAT_INTERVAL_S = 60
-GRACE_PERIOD_S = 180
-MAX_RETRY = 2
+GRACE_FACTOR = 3  # a trial is stale after this many missed heartbeats
+MAX_RETRY = 2  # a lost trial is re-run with the same parameters at most this many times
 
 
 def default_storage_url(study_dir: Path) -> str:
@@ -26,25 +36,165 @@ def mask_url(url: str) -> str:
     return re.sub(r"((?:password|pass|pwd)=)[^&]*", r"\1***", url, flags=re.IGNORECASE)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    if not re.match(r"^(sqlite|postgresql|postgres|mysql)(\+\w+)?://", url):
+def _is_rdb(url: str) -> bool:
+    return re.match(r"^(sqlite|postgresql|postgres|mysql)(\+\w+)?://", url) is not None
+
+
+def open_storage(url: str, *, heartbeat: int = HEARTBEAT_INTERVAL_S) -> optuna.storages.BaseStorage:
+    """An RDB storage with heartbeats every ``heartbeat`` seconds (stale after 3 missed)."""
+    if not _is_rdb(url):
         return optuna.storages.get_storage(url)
-    engine_kwargs = {}
     if url.startswith("sqlite"):
         # Wait for a busy database instead of failing with "database is locked".
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(
+    storage = optuna.storages.RDBStorage(
         url,
         engine_kwargs=engine_kwargs,
-        heartbeat_interval=HEARTBEAT_INTERVAL_S,
-        grace_period=GRACE_PERIOD_S,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=MAX_RETRY
-        ),
+        heartbeat_interval=heartbeat,
+        grace_period=GRACE_FACTOR * heartbeat,
+        heartbeat_stale_trial_callback=retry_trial,
     )
+    if url.startswith("sqlite"):
+        # Write-ahead logging lets readers (the dashboard, `autoclf status`) and the workers'
+        # writers proceed together. The mode is stored in the file: setting it once suffices.
+        with storage.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    return storage
 
 
 def dashboard_command(url: str) -> str:
     return f"optuna-dashboard {mask_url(url)}"
+
+
+# --- lost trials: failed with their reason, re-run with the same parameters ------------------
+
+
+def retry_trial(study: optuna.Study, trial: FrozenTrial) -> int | None:
+    """Queue a copy of ``trial`` (same parameters) to run next; return its number.
+
+    Used for trials whose worker died or was stopped. A trial is retried at most
+    ``MAX_RETRY`` times (counting the retries of its retries); a trial with no parameters
+    yet is not copied: a fresh trial is the same thing.
+    """
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if not trial.params or len(history) > MAX_RETRY:
+        return None
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            # Optuna's RetryHeartbeatStaleTrialCallback keys, so its helpers read these too.
+            system_attrs={"failed_trial": history[0], "retry_history": history},
+            user_attrs={"retry_of": trial.number},
+        )
+    )
+    return study.get_trials(deepcopy=False)[-1].number
+
+
+def fail_trial(study: optuna.Study, trial_id: int, reason: str, *, retry: bool = True) -> bool:
+    """Mark a RUNNING trial FAIL with ``reason`` and queue its retry; False if it had
+    finished already (another process got there first)."""
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            return False
+    except UpdateFinishedTrialError:
+        return False
+    if retry:
+        retry_trial(study, storage.get_trial(trial_id))
+    return True
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Fail the trials whose heartbeat stopped (their worker died), each with its reason,
+    and queue their retries. Optuna's own ``fail_stale_trials`` does the same without a
+    reason on the trial; this uses its stale-trial query, which only RDB storages have."""
+    storage = study._storage
+    stale_ids = getattr(storage, "_get_stale_trial_ids", None)
+    if stale_ids is None or storage.get_heartbeat_interval() is None:
+        return []
+    grace = getattr(getattr(storage, "_backend", storage), "grace_period", None)
+    failed = []
+    for trial_id in stale_ids(study._study_id):
+        reason = (
+            "no heartbeat"
+            + (f" for {grace}s" if grace else "")
+            + ": its worker was killed or lost the storage; retried with the same parameters"
+        )
+        if fail_trial(study, trial_id, reason):
+            failed.append(trial_id)
+    return failed
+
+
+# --- the claim lock ---------------------------------------------------------------------------
+
+
+class ClaimLock(Protocol):
+    def acquire(self) -> None: ...
+    def release(self) -> None: ...
+
+
+def claim_lock(url: str, study_name: str) -> ClaimLock:
+    """A lock shared by every worker of the study, held while a worker counts the trials and
+    asks for a new one. Without it two workers could both take the last of ``--trials``.
+
+    SQLite (one machine): an flock next to the database file. PostgreSQL (many machines): an
+    advisory lock, released by the server if the holder dies. Other storages: a lock within
+    this process only, so workers on several machines may overshoot ``--trials`` slightly.
+    """
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        return _FileLock(Path(url.removeprefix("sqlite:///")).with_suffix(".claim.lock"))
+    if re.match(r"^postgres(ql)?(\+\w+)?://", url):
+        return _PostgresLock(url, zlib.crc32(f"autoclf:{study_name}".encode()))
+    return _LocalLock()
+
+
+class _FileLock:
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)  # released by the kernel if this process dies
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)  # closing the descriptor drops the flock
+
+
+class _PostgresLock:
+    def __init__(self, url: str, key: int):
+        self.engine = sqlalchemy.create_engine(url, pool_size=1, pool_pre_ping=True)
+        self.key = key
+        self.conn: sqlalchemy.Connection | None = None
+
+    def acquire(self) -> None:
+        self.conn = self.engine.connect()
+        self.conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+
+    def release(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            conn.close()
+
+
+class _LocalLock:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.held = False
+
+    def acquire(self) -> None:
+        self.lock.acquire()
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.lock.release()

@@ -1,0 +1,262 @@
+"""One worker: pull trials from the shared study until it holds ``target`` finished trials.
+
+The same loop runs in the caller's process (:func:`autoclf.search.run`) and in every worker
+process that ``autoclf search`` starts (``python -m autoclf.search.worker``, see ``pool.py``).
+Workers never talk to each other: the study's storage is the only thing they share, so
+workers on other machines join by pointing at the same PostgreSQL URL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from autoclf.search.events import EpochDone, Event, TrialStarted
+from autoclf.search.storage import ClaimLock, fail_stale_trials, fail_trial, retry_trial
+from autoclf.trainer import release_memory
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+COUNTED = (TrialState.RUNNING, *FINISHED)  # trials that will count towards --trials
+MAX_CONSECUTIVE_FAILURES = 3
+POLL_S = 0.5
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+EXIT_FAILED = 3  # a worker process gave up after MAX_CONSECUTIVE_FAILURES failed trials
+
+log = logging.getLogger("autoclf.worker")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP. A KeyboardInterrupt, so Optuna fails the running trial."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@dataclass
+class WorkResult:
+    why: str  # "done" (the study holds target finished trials), "timeout" or "failed"
+    ran: int = 0  # trials this worker ran
+    failures: list[FrozenTrial] = field(default_factory=list)  # the last consecutive FAILs
+
+
+def work(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    *,
+    target: int,
+    claim: ClaimLock,
+    deadline: float | None = None,
+    on_finished: Callable[[FrozenTrial], None] | None = None,
+    device: torch.device | None = None,
+) -> WorkResult:
+    """Run trials until the study holds ``target`` finished (COMPLETE or PRUNED) trials, or
+    ``deadline`` (a ``time.time()``) passes, or trials keep failing.
+
+    A worker starts a trial only while finished + running trials are fewer than ``target``,
+    and it decides that under ``claim``, so any number of workers finish exactly ``target``.
+    """
+    result = WorkResult("done")
+    while True:
+        if deadline is not None and time.time() >= deadline:
+            result.why = "timeout"
+            return result
+        claim.acquire()
+        try:
+            fail_stale_trials(study)  # a dead worker's trial is failed and queued again
+            counts = Counter(t.state for t in study.get_trials(deepcopy=False, states=COUNTED))
+        except BaseException:
+            claim.release()
+            raise
+        finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+        if finished >= target:
+            claim.release()
+            return result
+        if finished + counts[TrialState.RUNNING] >= target:
+            claim.release()
+            time.sleep(POLL_S)  # a running trial may still fail and leave room for one more
+            continue
+
+        try:
+            trial = _run_one(study, objective, claim)
+        finally:
+            claim.release()  # in case the trial never started
+            release_memory(device or torch.device("cpu"))
+        result.ran += 1
+        if on_finished is not None:
+            on_finished(trial)
+        result.failures = [*result.failures, trial] if trial.state == TrialState.FAIL else []
+        if len(result.failures) >= MAX_CONSECUTIVE_FAILURES:
+            result.why = "failed"
+            return result
+
+
+def _run_one(
+    study: optuna.Study, objective: Callable[[optuna.Trial], float], claim: ClaimLock
+) -> FrozenTrial:
+    """One trial through Optuna's own loop (heartbeat, states, reasons), releasing ``claim``
+    as soon as the trial exists."""
+    current: list[int] = []
+    done: list[FrozenTrial] = []
+
+    def claimed(trial: optuna.Trial) -> float:
+        current.append(trial._trial_id)
+        claim.release()  # the trial is RUNNING now, so every other worker counts it
+        return objective(trial)
+
+    try:
+        study.optimize(
+            claimed,
+            n_trials=1,
+            catch=(Exception,),
+            callbacks=[lambda _, trial: done.append(trial)],
+        )
+    except KeyboardInterrupt as exc:
+        if current:
+            _requeue_interrupted(study, current[0], exc)
+        raise
+    return done[0]
+
+
+def _requeue_interrupted(study: optuna.Study, trial_id: int, exc: KeyboardInterrupt) -> None:
+    """Optuna has failed the trial already (the objective wrote why); make sure of it, even if
+    the interrupt came between the objective and Optuna's bookkeeping, and queue it again."""
+    fail_trial(study, trial_id, f"interrupted ({exc or 'SIGINT'})", retry=False)
+    trial = study._storage.get_trial(trial_id)
+    if trial.state == TrialState.FAIL:
+        retry_trial(study, trial)
+
+
+def sampler_seed(seed: int, *salt: int) -> int:
+    """A sampler seed per (study seed, worker, start): two workers, or a worker restarted
+    on a resumed study, must not draw the same "random" parameters again."""
+    return int(np.random.SeedSequence([seed, *salt]).generate_state(1)[0])
+
+
+# --- the worker process -----------------------------------------------------------------------
+
+
+def main() -> int:
+    """Entry point of one worker process. The parent writes a JSON spec on stdin: where the
+    study is, which device, the target, and the descriptor to write events to."""
+    spec = json.loads(sys.stdin.read())
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format=f"%(asctime)s {spec['worker']} %(message)s",
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # failures, with tracebacks
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    events = os.fdopen(spec["events_fd"], "w", buffering=1)
+    _die_with_parent(spec["parent_pid"])
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _raise_interrupted)
+    torch.set_num_threads(spec["threads"])
+
+    from autoclf.search.runner import attach  # loads torch, timm, the study
+
+    def emit(message: dict) -> None:
+        try:
+            events.write(json.dumps(message) + "\n")
+        except BrokenPipeError:  # the parent is gone: stop like on Ctrl-C
+            raise Interrupted(signal.SIGPIPE) from None
+
+    attached = attach(
+        Path(spec["study_dir"]),
+        storage_url=spec["storage_url"],
+        cache_path=spec["cache"],
+        device=spec["device"],
+        heartbeat=spec["heartbeat"],
+        loader_workers=spec["loader_workers"],
+        sampler_seed=spec["sampler_seed"],
+        worker=spec["worker"],
+        on_event=lambda event: emit(to_wire(event)),
+    )
+    objective: Callable[[optuna.Trial], float] = attached.objective
+    if spec.get("objective"):  # benchmarks and tests swap in their own trial body
+        module, name = spec["objective"].split(":")
+        objective = getattr(importlib.import_module(module), name)(attached.objective)
+
+    def finished(trial: FrozenTrial) -> None:
+        log.info(
+            "trial %d %s value=%s params=%s",
+            trial.number,
+            trial.state.name,
+            trial.value,
+            trial.params,
+        )
+        emit({"type": "finished", "trial_id": trial._trial_id})
+
+    log.info("started on %s (pid %d)", spec["device"], os.getpid())
+    try:
+        result = work(
+            attached.study,
+            objective,
+            target=spec["target"],
+            claim=attached.claim,
+            deadline=spec["deadline"],
+            on_finished=finished,
+            device=attached.device,
+        )
+    except Interrupted as exc:
+        log.info("stopped by %s", exc)
+        return 128 + exc.signum
+    reason = result.failures[-1].user_attrs.get("fail_reason", "") if result.failures else ""
+    emit({"type": "stopped", "why": result.why, "ran": result.ran, "reason": reason})
+    log.info("stopping: %s after %d trial(s) %s", result.why, result.ran, reason)
+    return EXIT_FAILED if result.why == "failed" else 0
+
+
+def to_wire(event: Event) -> dict:
+    if isinstance(event, TrialStarted):
+        return {
+            "type": "started",
+            "number": event.number,
+            "params": event.params,
+            "trial_id": event.trial_id,
+        }
+    if isinstance(event, EpochDone):
+        return {
+            "type": "epoch",
+            "number": event.number,
+            "fold": event.fold,
+            "folds": event.folds,
+            "report": asdict(event.report),
+        }
+    raise TypeError(f"{type(event).__name__} is not sent by workers")
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    # One interrupt only: the clean-up it starts (fail, re-queue) must not be cut short.
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel send SIGTERM if the parent dies, however it dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # it died before the line above took effect
+        raise SystemExit(128 + signal.SIGTERM)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import optuna
+from optuna.trial import TrialState
+
+# A second process loads the study and runs two trials (the first one enqueued).
+CHILD = """
+import sys
+import optuna
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+study = optuna.load_study(study_name=sys.argv[1], storage=sys.argv[2])
+study.enqueue_trial({"x": 0.25})
+study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+"""
+
+
+def test_postgres_server_shared_by_two_processes(postgres_url: str) -> None:
+    storage = optuna.storages.RDBStorage(postgres_url)
+    assert storage.engine.dialect.name == "postgresql"
+    name = f"reliability-{uuid.uuid4().hex[:8]}"
+    optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD, name, postgres_url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert child.returncode == 0, child.stderr
+
+        study = optuna.load_study(study_name=name, storage=storage)
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        assert len(complete) == 2
+        assert complete[0].params["x"] == 0.25  # the enqueued trial ran first
+    finally:
+        optuna.delete_study(study_name=name, storage=storage)
+        storage.engine.dispose()

@@ -1,0 +1,57 @@
+"""Ctrl-C and SIGTERM mid-trial: the running trial is failed and queued again, nothing is
+left RUNNING, no child process survives, the exit code says why, and the same command
+resumes."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from optuna.trial import TrialState
+
+from tests.reliability.helpers import (
+    FINISHED,
+    alive,
+    descendants,
+    finished_snapshot,
+    run_search,
+    running_trial,
+    storage_url,
+    trials,
+    wait_for,
+)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_trial_requeues_it_and_the_same_command_resumes(tmp_path, start, signum):
+    url = storage_url(tmp_path)
+    args = ("--trials", "3", "--gpus", "cpu", "--workers", "2")
+    search = start(*args)
+    victim = wait_for("a running trial", lambda: running_trial(url))
+    children = descendants(search.pid)
+    assert children  # the two workers at least
+    search.send_signal(signum)
+    out, err = search.communicate(timeout=120)
+
+    assert search.returncode == 128 + signum, err + out
+    assert f"stopped by {signum.name}" in err and "run the same command to resume" in err
+    assert not [pid for pid in children if alive(pid)]  # no worker or loader survives
+    ts = trials(url)
+    assert not [t.number for t in ts if t.state == TrialState.RUNNING]
+    stopped = ts[victim.number]
+    assert stopped.state == TrialState.FAIL
+    assert stopped.user_attrs["fail_reason"] == f"interrupted ({signum.name})"
+    (queued,) = [t for t in ts if t.user_attrs.get("retry_of") == victim.number]
+    assert queued.state == TrialState.WAITING and queued.params == victim.params
+    if signum == signal.SIGTERM:
+        return  # resuming is the same after either signal; once is enough
+
+    before = finished_snapshot(url)
+    again = run_search(tmp_path, *args)
+    assert again.returncode == 0, again.stderr + again.stdout
+    ts = trials(url)
+    assert sum(t.state in FINISHED for t in ts) == 3
+    assert not [t.number for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert ts[queued.number].state in FINISHED  # the interrupted parameters ran again
+    after = finished_snapshot(url)
+    assert {n: after[n] for n in before} == before
