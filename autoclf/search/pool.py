@@ -126,7 +126,10 @@ class Pool:
         config = prepared.config
         self.deadline = time.time() + config.timeout if config.timeout else None
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        # Compute threads per worker: the cores shared out, or fewer where OMP_NUM_THREADS says.
         self.threads = max(1, (cpus or 1) // len(slots))
+        if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+            self.threads = max(1, min(self.threads, int(os.environ["OMP_NUM_THREADS"])))
         self.events: queue.Queue[tuple[str, dict | None]] = queue.Queue()
         self.workers: dict[str, _Worker] = {}
         self.result = PoolResult()
