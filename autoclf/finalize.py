@@ -80,6 +80,18 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
     final_dir = files.dir / "final"
 
     trials = _complete_trials(study, files)
+    kept = {t.number for t in trials}
+    elsewhere = [
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.number not in kept
+    ]
+    if elsewhere:  # run by workers on another machine, with their own studies folder
+        on_step(
+            f"trials {elsewhere} have no out-of-fold predictions under {files.dir / 'trials'} "
+            "(searched on another machine?) and are left out; copy their trials/<number>/ "
+            "folders here to include them"
+        )
     candidates = [np.load(files.dir / t.user_attrs["oof_path"]) for t in trials]
     if config.select == "greedy":
         selection = select_greedy(candidates, labels, metric=metric, max_members=config.top_k)

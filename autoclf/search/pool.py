@@ -196,7 +196,7 @@ class Pool:
         self.result.died += 1
         message = f"worker {name} (pid {w.proc.pid}) died with {_describe(code)}"
         retried = self._fail_running(w, f"{message} during the trial; its log: {w.log_path}")
-        if retried is not None:
+        if retried:
             message += f" during trial #{w.trial_number}; queued again with the same parameters"
         if w.starts < MAX_RESTARTS:
             self.on_event(WorkerNote(name, f"{message}; restarting it", True))
@@ -207,11 +207,9 @@ class Pool:
                 WorkerNote(name, f"{message}; not restarted again (see {w.log_path})", True)
             )
 
-    def _fail_running(self, w: _Worker, reason: str) -> bool | None:
-        """Fail (and queue again) the trial a dead worker left RUNNING."""
-        if w.trial_id is None:
-            return None
-        return fail_trial(self.prepared.study, w.trial_id, reason)
+    def _fail_running(self, w: _Worker, reason: str) -> bool:
+        """Fail (and queue again) the trial a dead worker left RUNNING; False if it had none."""
+        return w.trial_id is not None and fail_trial(self.prepared.study, w.trial_id, reason)
 
     # -- starting and stopping workers -----------------------------------------------------------
 
