@@ -205,6 +205,9 @@ def main() -> int:
             trial.value,
             trial.params,
         )
+        if attached.device.type == "cuda":  # freed after every trial: this must not grow
+            mb = torch.cuda.memory_allocated(attached.device) / 2**20
+            log.info("GPU memory still allocated after trial %d: %.1f MiB", trial.number, mb)
         emit({"type": "finished", "trial_id": trial._trial_id})
 
     log.info("started on %s (pid %d)", spec["device"], os.getpid())
