@@ -221,7 +221,7 @@ def _positive_int(text: str) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from autoclf.search import prepare  # torch and timm load here, not for --help
     from autoclf.search.pool import Pool, plan_slots
-    from autoclf.search.runner import SearchFailedError
+    from autoclf.search.runner import SearchFailedError, study_dir_for
 
     slots = plan_slots(args.gpus, args.workers)
     on_gpu = slots[0].device == "cuda"
@@ -249,12 +249,48 @@ def cmd_search(args: argparse.Namespace) -> int:
         workers=args.workers,
         heartbeat=args.heartbeat,
     )
-    with _progress("decoding images into the cache") as advance:
-        prepared = prepare(
-            config, allow_space_change=args.allow_space_change, on_cache_progress=advance
+    view = _LiveWorkers(config.metric)
+    # The workers start now and import torch and timm while this process prepares the study.
+    with Pool(slots, log_dir=study_dir_for(config) / "logs", on_event=view.handle) as pool:
+        with _progress("decoding images into the cache") as advance:
+            prepared = prepare(
+                config, allow_space_change=args.allow_space_change, on_cache_progress=advance
+            )
+        _print_study(prepared)
+        study = prepared.study
+        if prepared.finished() >= config.trials:
+            console.print(
+                f"already {prepared.finished()} finished trials "
+                f"(target --trials {config.trials}); nothing to run"
+            )
+            console.print(leaderboard(study, config.metric))
+            return 0
+        console.print(
+            f"workers: {', '.join(s.name for s in slots)} (logs in {prepared.study_dir / 'logs'})",
+            highlight=False,
+            soft_wrap=True,
         )
+        with Live(view, console=console, refresh_per_second=4, transient=True):
+            result = pool.run(prepared)
+    console.print(leaderboard(study, config.metric))
+    if result.interrupted is not None:
+        name = signal.Signals(result.interrupted).name
+        requeued = ", ".join(f"#{n}" for n in result.interrupted_trials) or "none"
+        err_console.print(
+            f"[yellow]stopped by {name}[/]: running trial(s) {requeued} failed and queued "
+            "again; run the same command to resume",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 128 + result.interrupted
+    if prepared.finished() < config.trials and len(result.gave_up) == len(slots):
+        reasons = "; ".join(f"{w}: {why}" for w, why in result.gave_up.items())
+        raise SearchFailedError(f"every worker stopped before --trials was reached ({reasons})")
+    return 0
 
-    index, study = prepared.index, prepared.study
+
+def _print_study(prepared) -> None:
+    config, index, study = prepared.config, prepared.index, prepared.study
     counts = ", ".join(f"{name} {n}" for name, n in index.class_counts().items())
     console.print(
         f"data: {len(index)} images, {len(index.classes)} classes ({counts})", highlight=False
@@ -275,36 +311,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         highlight=False,
         soft_wrap=True,
     )
-    if prepared.finished() >= config.trials:
-        console.print(
-            f"already {prepared.finished()} finished trials "
-            f"(target --trials {config.trials}); nothing to run"
-        )
-        console.print(leaderboard(study, config.metric))
-        return 0
-    console.print(
-        f"workers: {', '.join(s.name for s in slots)} (logs in {prepared.study_dir / 'logs'})",
-        highlight=False,
-        soft_wrap=True,
-    )
-    view = _LiveWorkers(config.metric)
-    with Live(view, console=console, refresh_per_second=4, transient=True):
-        result = Pool(prepared, slots, on_event=view.handle).run()
-    console.print(leaderboard(study, config.metric))
-    if result.interrupted is not None:
-        name = signal.Signals(result.interrupted).name
-        requeued = ", ".join(f"#{n}" for n in result.interrupted_trials) or "none"
-        err_console.print(
-            f"[yellow]stopped by {name}[/]: running trial(s) {requeued} failed and queued "
-            "again; run the same command to resume",
-            highlight=False,
-            soft_wrap=True,
-        )
-        return 128 + result.interrupted
-    if prepared.finished() < config.trials and len(result.gave_up) == len(slots):
-        reasons = "; ".join(f"{w}: {why}" for w, why in result.gave_up.items())
-        raise SearchFailedError(f"every worker stopped before --trials was reached ({reasons})")
-    return 0
 
 
 # --- finalize and predict -------------------------------------------------------------------

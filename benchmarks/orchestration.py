@@ -95,9 +95,13 @@ def measure(kind: str, *, workers: int, trials: int, studies_dir: str) -> dict[s
             finishes.append(time.perf_counter())
 
     t0 = time.perf_counter()
-    result = Pool(
-        prepared, plan_slots("cpu", workers), on_event=on_event, objective=f"orchestration:{kind}"
-    ).run()
+    pool = Pool(
+        plan_slots("cpu", workers),
+        log_dir=prepared.study_dir / "logs",
+        on_event=on_event,
+        objective=f"orchestration:{kind}",
+    )
+    result = pool.run(prepared)
     total = time.perf_counter() - t0
     assert not result.gave_up and len(finishes) == trials, (result, len(finishes))
     gaps = [b - a for a, b in zip(finishes, finishes[1:], strict=False)]

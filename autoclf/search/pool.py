@@ -39,7 +39,7 @@ from autoclf.search.events import (
 )
 from autoclf.search.runner import PreparedSearch, _best_or_none
 from autoclf.search.storage import fail_trial
-from autoclf.search.worker import EXIT_FAILED, STOP_SIGNALS, sampler_seed
+from autoclf.search.worker import EXIT_FAILED, PARENT_PID_ENV, STOP_SIGNALS, sampler_seed
 from autoclf.trainer import EpochReport
 
 STOP_GRACE_S = 30  # how long a worker may take to fail its trial and exit after a signal
@@ -107,24 +107,28 @@ class _Worker:
     proc: subprocess.Popen
     log_path: Path
     starts: int
+    events_fd: int  # the worker's end of its event pipe (its descriptor number)
     trial_id: int | None = None  # the trial it is running, if any
     trial_number: int | None = None
     stopped: dict | None = None  # its last message, when it stopped by itself
 
 
 class Pool:
+    """Worker processes for the slots. Start them early (``start``, or ``with Pool(…)``): they
+    import torch and timm while the caller prepares the study; ``run`` then gives them work."""
+
     def __init__(
         self,
-        prepared: PreparedSearch,
         slots: list[Slot],
         *,
+        log_dir: Path,
         on_event: EventFn = ignore,
         objective: str | None = None,
     ):
-        self.prepared, self.slots, self.on_event = prepared, slots, on_event
+        self.slots, self.log_dir, self.on_event = slots, log_dir, on_event
         self.objective = objective  # "module:function" that wraps the trial (benchmarks)
-        config = prepared.config
-        self.deadline = time.time() + config.timeout if config.timeout else None
+        self.prepared: PreparedSearch | None = None
+        self.deadline: float | None = None
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         # Compute threads per worker: the cores shared out, or fewer where OMP_NUM_THREADS says.
         self.threads = max(1, (cpus or 1) // len(slots))
@@ -135,13 +139,30 @@ class Pool:
         self.result = PoolResult()
         self.stop_by: float | None = None  # when stopping: the time to kill stragglers
 
+    def __enter__(self) -> Pool:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._kill_all("the search stopped")  # nothing outlives the parent
+
+    def start(self) -> None:
+        for slot in self.slots:
+            self._spawn(slot, starts=0)
+
     # -- the parent's loop ---------------------------------------------------------------------
 
-    def run(self) -> PoolResult:
+    def run(self, prepared: PreparedSearch) -> PoolResult:
+        """Run the study's trials in the workers until they all stop; then none is left."""
+        self.prepared = prepared
+        timeout = prepared.config.timeout
+        self.deadline = time.time() + timeout if timeout else None
         previous = self._install_signal_handlers()
         try:
-            for slot in self.slots:
-                self._start(slot, starts=0)
+            if not self.workers:
+                self.start()
+            for w in list(self.workers.values()):
+                self._send_spec(w)
             while self.workers:
                 try:
                     name, message = self.events.get(timeout=0.25)
@@ -200,7 +221,7 @@ class Pool:
             message += f" during trial #{w.trial_number}; queued again with the same parameters"
         if w.starts < MAX_RESTARTS:
             self.on_event(WorkerNote(name, f"{message}; restarting it", True))
-            self._start(w.slot, starts=w.starts + 1)
+            self._send_spec(self._spawn(w.slot, starts=w.starts + 1))
         else:
             self.result.gave_up[name] = message
             self.on_event(
@@ -213,34 +234,12 @@ class Pool:
 
     # -- starting and stopping workers -----------------------------------------------------------
 
-    def _start(self, slot: Slot, *, starts: int) -> None:
-        prepared, config = self.prepared, self.prepared.config
+    def _spawn(self, slot: Slot, *, starts: int) -> _Worker:
         read_fd, write_fd = os.pipe()
-        log_path = prepared.study_dir / "logs" / f"{slot.name}.log"
+        log_path = self.log_dir / f"{slot.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), PARENT_PID_ENV: str(os.getpid())}
         env["CUDA_VISIBLE_DEVICES"] = slot.visible_gpu or ""  # a CPU worker sees no GPU
-        loader_workers = config.loader_workers
-        if loader_workers is None:
-            loader_workers = 0 if slot.device == "cpu" else max(1, min(8, self.threads - 1))
-        spec = {
-            "worker": slot.name,
-            "parent_pid": os.getpid(),
-            "events_fd": write_fd,
-            "study_dir": str(prepared.study_dir),
-            "storage_url": prepared.storage_url,
-            "cache": str(prepared.cache.path),
-            "device": slot.device,
-            "heartbeat": config.heartbeat,
-            "threads": self.threads,
-            "loader_workers": loader_workers,
-            "sampler_seed": sampler_seed(
-                config.seed, slot.index, starts, len(prepared.study.trials)
-            ),
-            "target": config.trials,
-            "deadline": self.deadline,
-            "objective": self.objective,
-        }
         with open(log_path, "a") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "autoclf.search.worker"],
@@ -253,12 +252,40 @@ class Pool:
                 # passes it on to each worker (not to their DataLoader workers) in order.
                 start_new_session=True,
             )
-        os.close(write_fd)
-        # The spec goes through stdin, not argv: the storage URL may hold a password.
-        proc.stdin.write(json.dumps(spec).encode())
-        proc.stdin.close()
-        self.workers[slot.name] = _Worker(slot, proc, log_path, starts)
+        os.close(write_fd)  # the worker holds the only write end: its exit ends the stream
+        worker = _Worker(slot, proc, log_path, starts, events_fd=write_fd)
+        self.workers[slot.name] = worker
         threading.Thread(target=self._read_events, args=(slot.name, read_fd), daemon=True).start()
+        return worker
+
+    def _send_spec(self, w: _Worker) -> None:
+        prepared, config, slot = self.prepared, self.prepared.config, w.slot
+        loader_workers = config.loader_workers
+        if loader_workers is None:
+            loader_workers = 0 if slot.device == "cpu" else max(1, min(8, self.threads - 1))
+        spec = {
+            "worker": slot.name,
+            "events_fd": w.events_fd,
+            "study_dir": str(prepared.study_dir),
+            "storage_url": prepared.storage_url,
+            "cache": str(prepared.cache.path),
+            "device": slot.device,
+            "heartbeat": config.heartbeat,
+            "threads": self.threads,
+            "loader_workers": loader_workers,
+            "sampler_seed": sampler_seed(
+                config.seed, slot.index, w.starts, len(prepared.study.trials)
+            ),
+            "target": config.trials,
+            "deadline": self.deadline,
+            "objective": self.objective,
+        }
+        # The spec goes through stdin, not argv: the storage URL may hold a password.
+        try:
+            w.proc.stdin.write(json.dumps(spec).encode())
+            w.proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it died already; the end of its event stream says so
 
     def _read_events(self, name: str, fd: int) -> None:
         with os.fdopen(fd) as lines:

@@ -12,6 +12,7 @@ import fcntl
 import os
 import re
 import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Protocol
@@ -49,13 +50,22 @@ def open_storage(url: str, *, heartbeat: int = HEARTBEAT_INTERVAL_S) -> optuna.s
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    storage = optuna.storages.RDBStorage(
-        url,
-        engine_kwargs=engine_kwargs,
-        heartbeat_interval=heartbeat,
-        grace_period=GRACE_FACTOR * heartbeat,
-        heartbeat_stale_trial_callback=retry_trial,
-    )
+    for attempt in range(3):
+        try:
+            storage = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat,
+                grace_period=GRACE_FACTOR * heartbeat,
+                heartbeat_stale_trial_callback=retry_trial,
+            )
+            break
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            # Two processes creating a new database's tables at once (two machines starting
+            # together, a dashboard opened early): the loser finds them made on a second try.
+            if attempt == 2 or "already exists" not in str(exc):
+                raise
+            time.sleep(0.5)
     if url.startswith("sqlite"):
         # Write-ahead logging lets readers (the dashboard, `autoclf status`) and the workers'
         # writers proceed together. The mode is stored in the file: setting it once suffices.

@@ -37,6 +37,7 @@ COUNTED = (TrialState.RUNNING, *FINISHED)  # trials that will count towards --tr
 MAX_CONSECUTIVE_FAILURES = 3
 POLL_S = 0.5
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PARENT_PID_ENV = "AUTOCLF_PARENT_PID"
 EXIT_FAILED = 3  # a worker process gave up after MAX_CONSECUTIVE_FAILURES failed trials
 
 log = logging.getLogger("autoclf.worker")
@@ -154,9 +155,25 @@ def sampler_seed(seed: int, *salt: int) -> int:
 
 
 def main() -> int:
-    """Entry point of one worker process. The parent writes a JSON spec on stdin: where the
-    study is, which device, the target, and the descriptor to write events to."""
-    spec = json.loads(sys.stdin.read())
+    """Entry point of one worker process. It starts while the parent still prepares the
+    study, and imports what it needs meanwhile; then the parent writes a JSON spec on stdin:
+    where the study is, which device, the target, and the descriptor to write events to."""
+    _die_with_parent(int(os.environ[PARENT_PID_ENV]))
+    from autoclf.search.runner import attach  # torch, timm, albumentations: seconds
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _raise_interrupted)
+    try:
+        raw = sys.stdin.read()
+        if not raw.strip():
+            return 0  # the parent stopped before it had a study to give
+        return _serve(json.loads(raw), attach)
+    except Interrupted as exc:
+        log.info("stopped by %s", exc)
+        return 128 + exc.signum
+
+
+def _serve(spec: dict, attach: Callable) -> int:
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -165,12 +182,7 @@ def main() -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # failures, with tracebacks
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     events = os.fdopen(spec["events_fd"], "w", buffering=1)
-    _die_with_parent(spec["parent_pid"])
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _raise_interrupted)
     torch.set_num_threads(spec["threads"])
-
-    from autoclf.search.runner import attach  # loads torch, timm, the study
 
     def emit(message: dict) -> None:
         try:
@@ -211,19 +223,15 @@ def main() -> int:
         emit({"type": "finished", "trial_id": trial._trial_id})
 
     log.info("started on %s (pid %d)", spec["device"], os.getpid())
-    try:
-        result = work(
-            attached.study,
-            objective,
-            target=spec["target"],
-            claim=attached.claim,
-            deadline=spec["deadline"],
-            on_finished=finished,
-            device=attached.device,
-        )
-    except Interrupted as exc:
-        log.info("stopped by %s", exc)
-        return 128 + exc.signum
+    result = work(
+        attached.study,
+        objective,
+        target=spec["target"],
+        claim=attached.claim,
+        deadline=spec["deadline"],
+        on_finished=finished,
+        device=attached.device,
+    )
     reason = result.failures[-1].user_attrs.get("fail_reason", "") if result.failures else ""
     emit({"type": "stopped", "why": result.why, "ran": result.ran, "reason": reason})
     log.info("stopping: %s after %d trial(s) %s", result.why, result.ran, reason)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 STUDY = "r"
@@ -54,13 +55,17 @@ def storage_url(cwd: Path) -> str:
 
 
 def trials(url: str) -> list[FrozenTrial]:
-    """The study's trials as a separate reader (like the dashboard) sees them."""
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        return []
+    """The study's trials as a separate reader (like the dashboard) sees them. SQLite is
+    opened read-only: a reader must not race the search to create the tables."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            return []
+        url = f"sqlite:///file:{path}?mode=ro&uri=true"
     try:
         return optuna.load_study(study_name=STUDY, storage=url).trials
-    except KeyError:  # not created yet
-        return []
+    except (KeyError, sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
+        return []  # the study or its tables are still being created
 
 
 def wait_for(what: str, check: Callable[[], object], *, timeout: float = 120) -> object:
