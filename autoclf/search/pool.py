@@ -242,7 +242,13 @@ class Pool:
         env["CUDA_VISIBLE_DEVICES"] = slot.visible_gpu or ""  # a CPU worker sees no GPU
         with open(log_path, "a") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "autoclf.search.worker"],
+                # Not `-m autoclf.search.worker`: that would load the module twice (as
+                # __main__ and as imported by the package), with two Interrupted classes.
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from autoclf.search.worker import main; sys.exit(main())",
+                ],
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,

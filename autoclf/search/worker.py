@@ -1,7 +1,7 @@
 """One worker: pull trials from the shared study until it holds ``target`` finished trials.
 
 The same loop runs in the caller's process (:func:`autoclf.search.run`) and in every worker
-process that ``autoclf search`` starts (``python -m autoclf.search.worker``, see ``pool.py``).
+process that ``autoclf search`` starts (:func:`main`, see ``pool.py``).
 Workers never talk to each other: the study's storage is the only thing they share, so
 workers on other machines join by pointing at the same PostgreSQL URL.
 """
@@ -271,7 +271,3 @@ def _die_with_parent(parent_pid: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
     if os.getppid() != parent_pid:  # it died before the line above took effect
         raise SystemExit(128 + signal.SIGTERM)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
