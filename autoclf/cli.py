@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="DataLoader processes per worker (default: 0 on CPU, up to 8 per GPU worker)",
     )
     search.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out images that cannot be decoded (listed in studies/NAME/excluded.csv) "
+        "instead of stopping",
+    )
+    search.add_argument(
         "--allow-space-change",
         action="store_true",
         help="resume even though the space file differs from the study's",
@@ -248,6 +254,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         gpus=args.gpus,
         workers=args.workers,
         heartbeat=args.heartbeat,
+        skip_bad_images=args.skip_bad_images,
     )
     view = _LiveWorkers(config.metric)
     # The workers start now and import torch and timm while this process prepares the study.
@@ -295,6 +302,13 @@ def _print_study(prepared) -> None:
     console.print(
         f"data: {len(index)} images, {len(index.classes)} classes ({counts})", highlight=False
     )
+    if prepared.excluded:
+        console.print(
+            f"[yellow]left out {len(prepared.excluded)} image(s) that cannot be decoded[/]; "
+            f"listed in {prepared.study_dir / 'excluded.csv'}",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(
         f"study [bold]{study.study_name}[/]: "
         + (

@@ -67,6 +67,7 @@ class SearchConfig:
     gpus: str = "auto"  # "auto", "cpu", or GPU indices "0,1": one group of workers per device
     workers: int = 1  # worker processes per device (per GPU, or on the CPU)
     heartbeat: int = 60  # seconds; a trial with no heartbeat for 3 of these is retried
+    skip_bad_images: bool = False  # leave out undecodable images (listed in excluded.csv)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

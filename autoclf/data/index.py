@@ -35,6 +35,16 @@ class DataIndex:
     def label_array(self) -> np.ndarray:
         return np.asarray(self.labels, dtype=np.int64)
 
+    def without(self, paths: set[str] | dict[str, str]) -> DataIndex:
+        """The same index less ``paths`` (classes keep their numbers, even if emptied)."""
+        keep = [i for i, p in enumerate(self.paths) if p not in paths]
+        return DataIndex(
+            paths=tuple(self.paths[i] for i in keep),
+            labels=tuple(self.labels[i] for i in keep),
+            classes=self.classes,
+            groups=tuple(self.groups[i] for i in keep) if self.groups is not None else None,
+        )
+
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.label_array, minlength=len(self.classes))
         return {name: int(n) for name, n in zip(self.classes, counts, strict=True)}

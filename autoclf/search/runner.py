@@ -7,7 +7,9 @@ with other settings) runs in :func:`prepare`, before any compute is spent.
 
 from __future__ import annotations
 
+import csv
 import difflib
+import io
 import json
 import time
 from collections.abc import Callable
@@ -67,6 +69,7 @@ class PreparedSearch:
     storage_url: str
     resumed: bool
     device: torch.device
+    excluded: dict[str, str]  # images left out (--skip-bad-images): path → reason
 
     def finished(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=FINISHED))
@@ -93,7 +96,12 @@ def prepare(
     if index_path.is_file():
         _check_same_config(config, study_dir)
         _check_same_space(space, study_dir, allow_change=allow_space_change)
-    index, folds = _index_with_folds(config, index_path)
+    index = build_index(config.data, datasets_dir=Path(config.studies_dir).resolve() / "_datasets")
+    excluded_path = study_dir / "excluded.csv"
+    excluded = _read_excluded(excluded_path) if index_path.is_file() else {}
+    index = index.without(excluded)  # images this study left out when it was created
+    if index_path.is_file():
+        folds = _saved_folds(config, index, index_path)
     if space.may_use_pretrained:
         ensure_pretrained(space.backbones)
     cache = build_cache(
@@ -101,7 +109,23 @@ def prepare(
         size=space.max_image_size,
         cache_dir=study_dir / "cache",
         on_progress=on_cache_progress,
+        skip_bad=config.skip_bad_images,
     )
+    if cache.skipped and index_path.is_file():
+        raise StudyMismatchError(
+            f"{len(cache.skipped)} image(s) of study {config.study!r} no longer decode "
+            f"(first: {next(iter(cache.skipped.values()))}); restore them or start a new study"
+        )
+    if cache.skipped:
+        index, excluded = index.without(cache.skipped), cache.skipped
+    if not index_path.is_file():
+        folds = assign_folds(
+            index.label_array,
+            n_splits=config.folds,
+            seed=config.seed,
+            groups=index.groups,
+            classes=index.classes,
+        )
 
     storage_url = config.storage or default_storage_url(study_dir)
     try:
@@ -123,6 +147,8 @@ def prepare(
 
     # Everything is checked: record the set-up that every later run of this study must match.
     if not index_path.is_file():
+        if excluded:
+            _write_excluded(excluded_path, excluded)
         save_index(index, folds, index_path)
     atomic.write_json(study_dir / "config.json", config.to_dict())
     atomic.write_text(study_dir / "space.yaml", space.source)
@@ -138,6 +164,7 @@ def prepare(
         storage_url=storage_url,
         resumed=resumed,
         device=device,
+        excluded=excluded,
     )
 
 
@@ -238,33 +265,33 @@ def _best_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         return None
 
 
-def _index_with_folds(config: SearchConfig, saved_path: Path) -> tuple[DataIndex, np.ndarray]:
-    """The study's saved index and folds, after checking the data has not changed; or a new
-    index with freshly assigned folds (not saved yet)."""
-    index = build_index(config.data, datasets_dir=Path(config.studies_dir).resolve() / "_datasets")
-    if saved_path.is_file():
-        saved, folds = load_index(saved_path)
-        if (
-            saved.paths != index.paths
-            or saved.labels != index.labels
-            or saved.groups != index.groups
-        ):
-            added = len(set(index.paths) - set(saved.paths))
-            removed = len(set(saved.paths) - set(index.paths))
-            raise StudyMismatchError(
-                f"the data changed since study {config.study!r} was created "
-                f"({added} image(s) added, {removed} removed, or labels/groups changed); "
-                f"start a new study with another --study name"
-            )
-        return saved, folds  # the same folds as every earlier run of this study
-    folds = assign_folds(
-        index.label_array,
-        n_splits=config.folds,
-        seed=config.seed,
-        groups=index.groups,
-        classes=index.classes,
-    )
-    return index, folds
+def _saved_folds(config: SearchConfig, index: DataIndex, saved_path: Path) -> np.ndarray:
+    """The study's saved folds, after checking the data has not changed since."""
+    saved, folds = load_index(saved_path)
+    if saved.paths != index.paths or saved.labels != index.labels or saved.groups != index.groups:
+        added = len(set(index.paths) - set(saved.paths))
+        removed = len(set(saved.paths) - set(index.paths))
+        raise StudyMismatchError(
+            f"the data changed since study {config.study!r} was created "
+            f"({added} image(s) added, {removed} removed, or labels/groups changed); "
+            f"start a new study with another --study name"
+        )
+    return folds  # the same folds as every earlier run of this study
+
+
+def _read_excluded(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        return {row["path"]: row["reason"] for row in csv.DictReader(fh)}
+
+
+def _write_excluded(path: Path, excluded: dict[str, str]) -> None:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["path", "reason"])
+    writer.writerows(sorted(excluded.items()))
+    atomic.write_text(path, out.getvalue())
 
 
 def _check_same_config(config: SearchConfig, study_dir: Path) -> None:

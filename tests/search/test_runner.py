@@ -137,3 +137,44 @@ def test_log_loss_study_minimises(config):
 def test_unavailable_device_fails_before_anything(config):
     with pytest.raises(AutoclfError, match="--device 'cuda:7'"):
         prepare(SearchConfig(**{**config.to_dict(), "device": "cuda:7"}))
+
+
+def break_two_images(data):
+    """A truncated JPEG and a text file named .jpg among good images."""
+    truncated = save_image(data / "a" / "truncated.jpg", size=(64, 48), seed=99)
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    (data / "b" / "notes.jpg").write_text("not an image")
+    return truncated, data / "b" / "notes.jpg"
+
+
+def test_bad_images_stop_the_search_before_anything_is_bound(tmp_path):
+    config = folder_config(tmp_path, per_class=4, folds=2)
+    truncated, text = break_two_images(tmp_path / "data")
+    with pytest.raises(DataError) as info:
+        prepare(config)
+    message = str(info.value)
+    assert "2 image(s) could not be decoded" in message and "--skip-bad-images" in message
+    assert str(truncated) in message and str(text) in message
+    study_dir = tmp_path / "studies" / "s"
+    assert not (study_dir / "index.csv").exists() and not (study_dir / "study.db").exists()
+    assert not list((study_dir / "cache").glob("*.npy"))  # no cache with blank rows either
+
+
+def test_skip_bad_images_leaves_them_out_lists_them_and_resumes(tmp_path):
+    config = folder_config(tmp_path, per_class=4, folds=2)
+    config = SearchConfig(**{**config.to_dict(), "skip_bad_images": True, "trials": 1})
+    truncated, text = break_two_images(tmp_path / "data")
+    prepared = prepare(config)
+    assert set(prepared.excluded) == {str(truncated), str(text)}
+    assert len(prepared.index) == 8 and str(truncated) not in prepared.index.paths
+    assert prepared.cache.images.shape[0] == 8  # cache rows follow the index
+    excluded = (prepared.study_dir / "excluded.csv").read_text()
+    assert "truncated.jpg" in excluded and "notes.jpg" in excluded
+    assert len(list((prepared.study_dir / "cache").glob("*.npy"))) == 1
+    run(prepared)
+    assert prepared.finished() == 1
+
+    # Resuming (the flag is not needed again): same images, same folds, nothing decoded anew.
+    again = prepare(SearchConfig(**{**config.to_dict(), "skip_bad_images": False}))
+    assert again.index == prepared.index and (again.folds == prepared.folds).all()
+    assert again.resumed and again.excluded == prepared.excluded
