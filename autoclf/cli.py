@@ -27,6 +27,7 @@ from autoclf.search.storage import dashboard_command, mask_url
 console = Console()
 err_console = Console(stderr=True)
 
+IMBALANCED = 3.0  # largest class / smallest class from which accuracy misleads
 KEY_PARAMS = ("backbone", "optimizer", "lr", "batch_size", "aug_strength", "scheduler")
 SHORT = {"optimizer": "opt", "batch_size": "batch", "aug_strength": "aug", "scheduler": "sched"}
 
@@ -127,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="DataLoader processes per worker (default: 0 on CPU, up to 8 per GPU worker)",
+    )
+    search.add_argument(
+        "--balance",
+        choices=("none", "weights", "sampler"),
+        default=None,
+        help="class imbalance, for every trial: class-weighted loss, or a sampler that draws "
+        "every class equally often (default: the space's `balance`, else none)",
     )
     search.add_argument(
         "--skip-bad-images",
@@ -255,6 +263,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         workers=args.workers,
         heartbeat=args.heartbeat,
         skip_bad_images=args.skip_bad_images,
+        balance=args.balance,
     )
     view = _LiveWorkers(config.metric)
     # The workers start now and import torch and timm while this process prepares the study.
@@ -302,6 +311,15 @@ def _print_study(prepared) -> None:
     console.print(
         f"data: {len(index)} images, {len(index.classes)} classes ({counts})", highlight=False
     )
+    sizes = index.class_counts().values()
+    ratio = max(sizes) / max(1, min(sizes))
+    if ratio >= IMBALANCED and config.metric == "accuracy":
+        console.print(
+            f"[yellow]classes are imbalanced ({ratio:.1f}:1)[/]: accuracy rewards predicting "
+            "the common classes; consider a new study with --metric f1_macro "
+            "and --balance weights or sampler",
+            highlight=False,
+        )
     if prepared.excluded:
         console.print(
             f"[yellow]left out {len(prepared.excluded)} image(s) that cannot be decoded[/]; "

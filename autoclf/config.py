@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 SCHEDULERS = ("cosine", "onecycle", "step", "plateau", "constant")
+# Class imbalance: none; weights (the loss weighs each class by n / (classes * n_class));
+# sampler (batches drawn with replacement, each class equally likely).
+BALANCE = ("none", "weights", "sampler")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +38,7 @@ class TrainParams:
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
     patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
+    balance: str = "none"  # one of BALANCE
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainParams:
@@ -68,6 +72,7 @@ class SearchConfig:
     workers: int = 1  # worker processes per device (per GPU, or on the CPU)
     heartbeat: int = 60  # seconds; a trial with no heartbeat for 3 of these is retried
     skip_bad_images: bool = False  # leave out undecodable images (listed in excluded.csv)
+    balance: str | None = None  # none|weights|sampler for every trial; None: the space decides
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -144,21 +144,29 @@ def fit(
     )
     # Dropping the ragged last batch keeps BatchNorm away from a batch of one.
     drop_last = len(train_idx) > params.batch_size
+    generator = torch.Generator().manual_seed(seed)
+    sampler, class_weights = class_balance(
+        labels[train_idx], num_classes=num_classes, mode=params.balance, generator=generator
+    )
     train_loader = DataLoader(
         train_set,
         batch_size=params.batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         drop_last=drop_last,
         num_workers=workers,
         pin_memory=cuda,
         worker_init_fn=_reseed_worker,
-        generator=torch.Generator().manual_seed(seed),
+        generator=generator,
         persistent_workers=workers > 0,
     )
 
     optimizer = build_optimizer(model, params)
     schedule = LRSchedule(optimizer, params, steps_per_epoch=len(train_loader))
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+    loss_fn = torch.nn.CrossEntropyLoss(
+        weight=None if class_weights is None else class_weights.to(device),
+        label_smoothing=params.label_smoothing,
+    )
 
     # predict_views' own default, unless the caller asked for smaller forward passes.
     val_batch = 256 if micro_batch is None else min(256, micro_batch)
@@ -238,6 +246,26 @@ def release_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def class_balance(
+    train_labels: np.ndarray, *, num_classes: int, mode: str, generator: torch.Generator
+) -> tuple[torch.utils.data.Sampler | None, torch.Tensor | None]:
+    """(sampler, loss weights) for ``mode``: "none", "weights" (each class weighs
+    n / (classes × n_class) in the loss, so all classes count alike in sum), or "sampler"
+    (training images drawn with replacement, every class equally likely)."""
+    counts = np.maximum(np.bincount(train_labels, minlength=num_classes), 1)
+    if mode == "weights":
+        return None, torch.tensor(len(train_labels) / (num_classes * counts), dtype=torch.float32)
+    if mode == "sampler":
+        weights = torch.as_tensor(1.0 / counts[train_labels], dtype=torch.double)
+        sampler = torch.utils.data.WeightedRandomSampler(
+            weights, num_samples=len(train_labels), replacement=True, generator=generator
+        )
+        return sampler, None
+    if mode != "none":
+        raise ValueError(f"balance must be one of none, weights, sampler; got {mode!r}")
+    return None, None
 
 
 def _loader_workers(requested: int | None, device: torch.device) -> int:

@@ -8,7 +8,7 @@ from autoclf import models, trainer
 from autoclf.config import TrainParams
 from autoclf.data import assign_folds, build_cache, build_index
 from autoclf.metrics import get_metric
-from autoclf.trainer import NonFiniteLossError, fit, release_memory
+from autoclf.trainer import NonFiniteLossError, class_balance, fit, release_memory
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +190,33 @@ def test_out_of_memory_propagates_and_a_smaller_micro_batch_fits(digits, monkeyp
 def test_micro_batch_must_be_positive(digits):
     with pytest.raises(ValueError, match="micro_batch.*0"):
         _fit(digits, micro_batch=0)
+
+
+IMBALANCED = np.array([0] * 900 + [1] * 90 + [2] * 10)
+
+
+def test_sampler_balance_draws_every_class_about_equally_often():
+    generator = torch.Generator().manual_seed(0)
+    sampler, weights = class_balance(IMBALANCED, num_classes=3, mode="sampler", generator=generator)
+    drawn = IMBALANCED[list(sampler)]
+    assert weights is None and len(drawn) == len(IMBALANCED)
+    shares = np.bincount(drawn, minlength=3) / len(drawn)
+    assert np.abs(shares - 1 / 3).max() < 0.05  # 90% / 9% / 1% in the data
+
+
+def test_weights_balance_makes_every_class_weigh_the_same_in_sum():
+    generator = torch.Generator().manual_seed(0)
+    sampler, weights = class_balance(IMBALANCED, num_classes=3, mode="weights", generator=generator)
+    per_class = weights.numpy() * np.bincount(IMBALANCED)
+    assert sampler is None and np.allclose(per_class, len(IMBALANCED) / 3)
+    assert class_balance(IMBALANCED, num_classes=3, mode="none", generator=generator) == (
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize("mode", ["weights", "sampler"])
+def test_balanced_training_learns(digits, mode):
+    result = _fit(digits, balance=mode, epochs=2)
+    assert np.isfinite([r.train_loss for r in result.history]).all()
+    assert result.best_score > 0.3  # ten classes: chance is 0.1

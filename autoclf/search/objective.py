@@ -13,6 +13,7 @@ failed one) teaches the sampler to stay away from that region.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -43,9 +44,12 @@ class Objective:
     on_event: EventFn
     loader_workers: int | None = None
     worker: str = ""
+    balance: str | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = self.space.suggest(trial)
+        if self.balance is not None:  # --balance applies to every trial, whatever the space says
+            params = dataclasses.replace(params, balance=self.balance)
         trial.set_user_attr("config", params.to_dict())
         trial.set_user_attr("device", describe_device(self.device))
         if self.worker:

@@ -49,7 +49,7 @@ from autoclf.search.worker import FINISHED, work
 from autoclf.trainer import resolve_device
 
 # Settings that define a study: resuming with any other value would mix incomparable trials.
-IDENTITY_KEYS = ("data", "folds", "seed", "metric")
+IDENTITY_KEYS = ("data", "folds", "seed", "metric", "balance")
 
 
 class SearchFailedError(AutoclfError):
@@ -185,6 +185,7 @@ def run(prepared: PreparedSearch, *, on_event: EventFn = ignore) -> optuna.Study
         study_dir=prepared.study_dir,
         on_event=on_event,
         loader_workers=config.loader_workers,
+        balance=config.balance,
     )
     result = work(
         study,
@@ -254,6 +255,7 @@ def attach(
         on_event=on_event,
         loader_workers=loader_workers,
         worker=worker,
+        balance=config.balance,
     )
     return AttachedWorker(study, objective, claim_lock(storage_url, config.study), torch_device)
 

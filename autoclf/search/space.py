@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 import yaml
 
-from autoclf.config import SCHEDULERS, TrainParams
+from autoclf.config import BALANCE, SCHEDULERS, TrainParams
 from autoclf.errors import SpaceError
 
 TOP_LEVEL_KEYS = ("description", "params", "sampler", "pruner")
@@ -241,6 +241,7 @@ RULES: dict[str, tuple[type, Check | None]] = {
     "grad_clip": (float, _range(0, INF)),
     "patience": (int, _range(0, INF)),
     "amp": (bool, None),
+    "balance": (str, _one_of(BALANCE)),
 }
 assert set(RULES) == set(TrainParams.field_names()), "RULES must cover every TrainParams field"
 

@@ -178,3 +178,10 @@ def test_skip_bad_images_leaves_them_out_lists_them_and_resumes(tmp_path):
     again = prepare(SearchConfig(**{**config.to_dict(), "skip_bad_images": False}))
     assert again.index == prepared.index and (again.folds == prepared.folds).all()
     assert again.resumed and again.excluded == prepared.excluded
+
+
+def test_balance_is_part_of_the_study(config):
+    run(prepare(config))
+    changed = SearchConfig(**{**config.to_dict(), "balance": "weights"})
+    with pytest.raises(StudyMismatchError, match=r"balance: None → 'weights'"):
+        prepare(changed)

@@ -102,6 +102,7 @@ def test_suggest_fills_fixed_values_and_defaults():
         ),
         ("  backbone: [test_resnet]\n", r"params.backbone: a list .* is ambiguous"),
         ("  lr: {type: uniform, low: 0.1, high: 0.2}\n", r"params.lr.type = 'uniform'"),
+        ("  balance: weighted\n", r"params.balance = 'weighted' must be one of .*weights"),
         (
             "  optimizer: sgd\n  momentum: {type: float, low: 0.0, high: 0.9}\n",
             r"'sgd' .* needs momentum > 0",
