@@ -185,3 +185,11 @@ def test_balance_is_part_of_the_study(config):
     changed = SearchConfig(**{**config.to_dict(), "balance": "weights"})
     with pytest.raises(StudyMismatchError, match=r"balance: None → 'weights'"):
         prepare(changed)
+
+
+def test_a_one_image_class_is_named_before_anything_is_bound(tmp_path):
+    config = folder_config(tmp_path, per_class=4, folds=2)
+    save_image(tmp_path / "data" / "lonely" / "only.png", seed=77)
+    with pytest.raises(DataError, match=r"at least folds=2 images .*'lonely' has 1"):
+        prepare(config)
+    assert not (tmp_path / "studies" / "s" / "index.csv").exists()
