@@ -37,7 +37,7 @@ from autoclf.search.events import (
     WorkerNote,
     ignore,
 )
-from autoclf.search.runner import PreparedSearch, _best_or_none
+from autoclf.search.runner import PreparedSearch, best_or_none
 from autoclf.search.storage import fail_trial
 from autoclf.search.worker import EXIT_FAILED, PARENT_PID_ENV, STOP_SIGNALS, sampler_seed
 from autoclf.trainer import EpochReport
@@ -194,7 +194,7 @@ class Pool:
             study = self.prepared.study
             trial = study._storage.get_trial(message["trial_id"])
             w.trial_id = w.trial_number = None
-            self.on_event(TrialFinished(trial, _best_or_none(study), name))
+            self.on_event(TrialFinished(trial, best_or_none(study), name))
         elif kind == "stopped":
             w.stopped = message
 
@@ -207,9 +207,7 @@ class Pool:
             return
         if code == EXIT_FAILED and w.stopped:
             self.result.gave_up[name] = w.stopped.get("reason", "")
-            self.on_event(
-                WorkerNote(name, f"stopped: trials kept failing: {w.stopped['reason']}", True)
-            )
+            self.on_event(WorkerNote(name, f"stopped: {w.stopped['reason']}", True))
             return
         if self.stop_by is not None:  # stopping: it failed and re-queued its trial itself
             self._fail_running(w, f"interrupted; its worker {name} exited with {_describe(code)}")

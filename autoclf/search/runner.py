@@ -45,7 +45,7 @@ from autoclf.search.storage import (
     mask_url,
     open_storage,
 )
-from autoclf.search.worker import FINISHED, work
+from autoclf.search.worker import FINISHED, failure_message, work
 from autoclf.trainer import resolve_device
 
 # Settings that define a study: resuming with any other value would mix incomparable trials.
@@ -193,20 +193,12 @@ def run(prepared: PreparedSearch, *, on_event: EventFn = ignore) -> optuna.Study
         target=config.trials,
         claim=claim_lock(prepared.storage_url, config.study),
         deadline=time.time() + config.timeout if config.timeout else None,
-        on_finished=lambda trial: on_event(TrialFinished(trial, _best_or_none(study))),
+        on_finished=lambda trial: on_event(TrialFinished(trial, best_or_none(study))),
         device=prepared.device,
     )
     if result.why == "failed":
         raise SearchFailedError(failure_message(result.failures))
     return study
-
-
-def failure_message(failures: list[optuna.trial.FrozenTrial]) -> str:
-    reason = failures[-1].user_attrs.get("fail_reason", "unknown error")
-    return (
-        f"{len(failures)} trials in a row failed (trials {[t.number for t in failures]}); "
-        f"the last one with: {reason}"
-    )
 
 
 @dataclass
@@ -260,7 +252,7 @@ def attach(
     return AttachedWorker(study, objective, claim_lock(storage_url, config.study), torch_device)
 
 
-def _best_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+def best_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     try:
         return study.best_trial
     except ValueError:  # no COMPLETE trial yet

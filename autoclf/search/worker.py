@@ -109,6 +109,15 @@ def work(
             return result
 
 
+def failure_message(failures: list[FrozenTrial]) -> str:
+    """Why a worker (or an in-process search) stopped: its last trials all failed."""
+    reason = failures[-1].user_attrs.get("fail_reason", "unknown error")
+    return (
+        f"{len(failures)} trials in a row failed (trials {[t.number for t in failures]}); "
+        f"the last one with: {reason}"
+    )
+
+
 def _run_one(
     study: optuna.Study, objective: Callable[[optuna.Trial], float], claim: ClaimLock
 ) -> FrozenTrial:
@@ -232,7 +241,7 @@ def _serve(spec: dict, attach: Callable) -> int:
         on_finished=finished,
         device=attached.device,
     )
-    reason = result.failures[-1].user_attrs.get("fail_reason", "") if result.failures else ""
+    reason = failure_message(result.failures) if result.why == "failed" else ""
     emit({"type": "stopped", "why": result.why, "ran": result.ran, "reason": reason})
     log.info("stopping: %s after %d trial(s) %s", result.why, result.ran, reason)
     return EXIT_FAILED if result.why == "failed" else 0
