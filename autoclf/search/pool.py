@@ -98,7 +98,6 @@ class PoolResult:
     interrupted: int | None = None  # the signal that stopped the search
     interrupted_trials: list[int] = field(default_factory=list)  # running when it came
     gave_up: dict[str, str] = field(default_factory=dict)  # worker → why it stopped early
-    died: int = 0  # worker processes that died and were restarted (or not)
 
 
 @dataclass
@@ -212,7 +211,6 @@ class Pool:
         if self.stop_by is not None:  # stopping: it failed and re-queued its trial itself
             self._fail_running(w, f"interrupted; its worker {name} exited with {_describe(code)}")
             return
-        self.result.died += 1
         message = f"worker {name} (pid {w.proc.pid}) died with {_describe(code)}"
         retried = self._fail_running(w, f"{message} during the trial; its log: {w.log_path}")
         if retried:
