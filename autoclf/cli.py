@@ -20,14 +20,13 @@ from autoclf import __version__
 from autoclf.config import SearchConfig
 from autoclf.data.index import BUILTIN
 from autoclf.errors import AutoclfError
-from autoclf.metrics import METRICS
+from autoclf.metrics import AUTO, IMBALANCED, METRICS, imbalance_ratio
 from autoclf.search.events import EpochDone, Event, TrialFinished, TrialStarted, WorkerNote
 from autoclf.search.storage import dashboard_command, mask_url
 
 console = Console()
 err_console = Console(stderr=True)
 
-IMBALANCED = 3.0  # largest class / smallest class from which accuracy misleads
 KEY_PARAMS = ("backbone", "optimizer", "lr", "batch_size", "aug_strength", "scheduler")
 SHORT = {"optimizer": "opt", "batch_size": "batch", "aug_strength": "aug", "scheduler": "sched"}
 
@@ -93,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed for folds, sampler and training (default 0)"
     )
     search.add_argument(
-        "--metric", choices=sorted(METRICS), default="accuracy", help="CV metric (default accuracy)"
+        "--metric",
+        choices=[AUTO, *sorted(METRICS)],
+        default=AUTO,
+        help=f"CV metric (default auto: f1_macro when the largest class has {IMBALANCED:g}x "
+        "the images of the smallest or more, else accuracy; a resumed study keeps its own)",
     )
     search.add_argument(
         "--storage",
@@ -272,8 +275,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             prepared = prepare(
                 config, allow_space_change=args.allow_space_change, on_cache_progress=advance
             )
-        _print_study(prepared)
-        study = prepared.study
+        _print_study(prepared, chosen=args.metric == AUTO)
+        config, study = prepared.config, prepared.study  # the metric is resolved now
+        view.metric = config.metric
         if prepared.finished() >= config.trials:
             console.print(
                 f"already {prepared.finished()} finished trials "
@@ -305,14 +309,19 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_study(prepared) -> None:
+def _print_study(prepared, *, chosen: bool) -> None:
     config, index, study = prepared.config, prepared.index, prepared.study
     counts = ", ".join(f"{name} {n}" for name, n in index.class_counts().items())
     console.print(
         f"data: {len(index)} images, {len(index.classes)} classes ({counts})", highlight=False
     )
-    sizes = index.class_counts().values()
-    ratio = max(sizes) / max(1, min(sizes))
+    ratio = imbalance_ratio(index.class_counts().values())
+    if chosen and not prepared.resumed:
+        why = "imbalanced" if ratio >= IMBALANCED else "balanced"
+        console.print(
+            f"metric: [bold]{config.metric}[/] (--metric auto; classes {why}, {ratio:.1f}:1)",
+            highlight=False,
+        )
     if ratio >= IMBALANCED and config.metric == "accuracy":
         console.print(
             f"[yellow]classes are imbalanced ({ratio:.1f}:1)[/]: accuracy rewards predicting "

@@ -61,7 +61,7 @@ class SearchConfig:
     space: str
     folds: int = 5
     seed: int = 0
-    metric: str = "accuracy"
+    metric: str = "auto"  # a name in metrics.METRICS; "auto": f1_macro if imbalanced, else accuracy
     trials: int = 20
     timeout: float | None = None
     storage: str | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,3 +54,19 @@ def get_metric(name: str) -> Metric:
         return METRICS[name]
     except KeyError:
         raise ValueError(f"unknown metric {name!r}; choose one of {sorted(METRICS)}") from None
+
+
+AUTO = "auto"  # accuracy on balanced classes, f1_macro on imbalanced ones
+IMBALANCED = 3.0  # largest class / smallest class from which accuracy misleads
+
+
+def imbalance_ratio(class_counts: Iterable[int]) -> float:
+    """Largest class over smallest (an empty class counts as one image)."""
+    counts = list(class_counts)
+    return max(counts) / max(1, min(counts))
+
+
+def choose_metric(class_counts: Iterable[int]) -> str:
+    """What ``--metric auto`` means for data with these class sizes: accuracy rewards
+    predicting the common classes, so imbalanced data is scored by macro F1."""
+    return "f1_macro" if imbalance_ratio(class_counts) >= IMBALANCED else "accuracy"

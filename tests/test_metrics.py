@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from autoclf.metrics import get_metric
+from autoclf.metrics import choose_metric, get_metric, imbalance_ratio
 
 LABELS = np.array([0, 1, 2, 2])
 PERFECT = np.eye(3)[LABELS]
@@ -30,3 +30,10 @@ def test_log_loss_of_uniform_is_log_classes_and_lower_is_better():
 def test_unknown_metric():
     with pytest.raises(ValueError, match="unknown metric 'auc'"):
         get_metric("auc")
+
+
+def test_auto_metric_turns_to_macro_f1_from_three_to_one():
+    assert choose_metric([100, 34]) == "accuracy"
+    assert choose_metric([100, 33]) == "f1_macro"
+    assert choose_metric([5, 50, 10]) == "f1_macro"
+    assert imbalance_ratio([0, 7]) == 7.0  # an emptied class does not divide by zero

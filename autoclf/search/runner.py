@@ -13,7 +13,7 @@ import io
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from autoclf.data import (
     save_index,
 )
 from autoclf.errors import AutoclfError, StudyMismatchError
-from autoclf.metrics import Metric, get_metric
+from autoclf.metrics import AUTO, Metric, choose_metric, get_metric
 from autoclf.models import ensure_pretrained
 from autoclf.search.events import EventFn, TrialFinished, ignore
 from autoclf.search.objective import Objective
@@ -85,7 +85,8 @@ def prepare(
     allow_space_change: bool = False,
     on_cache_progress: Callable[[int, int], None] | None = None,
 ) -> PreparedSearch:
-    metric = get_metric(config.metric)
+    if config.metric != AUTO:
+        get_metric(config.metric)  # an unknown name fails before any work
     device = resolve_device(config.device)
     space = load_space(config.space)
     study_dir = study_dir_for(config)
@@ -94,6 +95,7 @@ def prepare(
     # A study is bound to its settings once its index (the folds) is written; a first run that
     # stopped on bad input before that point binds nothing.
     if index_path.is_file():
+        config = _resolve_auto_metric(config, study_dir)
         _check_same_config(config, study_dir)
         _check_same_space(space, study_dir, allow_change=allow_space_change)
     index = build_index(config.data, datasets_dir=Path(config.studies_dir).resolve() / "_datasets")
@@ -126,6 +128,9 @@ def prepare(
             groups=index.groups,
             classes=index.classes,
         )
+    if config.metric == AUTO:  # a new study: decided by its data, then saved with it
+        config = replace(config, metric=choose_metric(index.class_counts().values()))
+    metric = get_metric(config.metric)
 
     storage_url = config.storage or default_storage_url(study_dir)
     try:
@@ -286,6 +291,14 @@ def _write_excluded(path: Path, excluded: dict[str, str]) -> None:
     writer.writerow(["path", "reason"])
     writer.writerows(sorted(excluded.items()))
     atomic.write_text(path, out.getvalue())
+
+
+def _resolve_auto_metric(config: SearchConfig, study_dir: Path) -> SearchConfig:
+    """``--metric auto`` on an existing study means the metric it was created with."""
+    path = study_dir / "config.json"
+    if config.metric != AUTO or not path.is_file():
+        return config
+    return replace(config, metric=json.loads(path.read_text())["metric"])
 
 
 def _check_same_config(config: SearchConfig, study_dir: Path) -> None:

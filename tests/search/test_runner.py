@@ -193,3 +193,23 @@ def test_a_one_image_class_is_named_before_anything_is_bound(tmp_path):
     with pytest.raises(DataError, match=r"at least folds=2 images .*'lonely' has 1"):
         prepare(config)
     assert not (tmp_path / "studies" / "s" / "index.csv").exists()
+
+
+def test_metric_auto_scores_imbalanced_data_by_macro_f1_and_keeps_it_on_resume(tmp_path):
+    config = folder_config(tmp_path, per_class=3, folds=3)
+    for i in range(9):  # class a: 12 images, class b: 3 → 4:1
+        save_image(tmp_path / "data" / "a" / f"more{i}.png", seed=200 + i)
+    prepared = prepare(config)
+    assert config.metric == "auto" and prepared.config.metric == "f1_macro"
+    assert prepared.metric.name == "f1_macro" and prepared.study.user_attrs["metric"] == "f1_macro"
+    assert '"metric": "f1_macro"' in (prepared.study_dir / "config.json").read_text()
+
+    assert prepare(config).config.metric == "f1_macro"  # auto on resume: the study's own
+    with pytest.raises(StudyMismatchError, match=r"metric: 'f1_macro' → 'accuracy'"):
+        prepare(SearchConfig(**{**config.to_dict(), "metric": "accuracy"}))
+
+
+def test_metric_auto_scores_balanced_data_by_accuracy(tmp_path):
+    prepared = prepare(folder_config(tmp_path, per_class=3, folds=3))
+    assert prepared.config.metric == "accuracy"
+    assert prepared.study.user_attrs["metric"] == "accuracy"
