@@ -146,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of stopping",
     )
     search.add_argument(
+        "--duplicates",
+        choices=("group", "ignore"),
+        default="group",
+        help="exact and near-duplicate images (perceptual hash): keep each set in one fold, "
+        "so none is validated on a copy it trained on (group, default), or only report them; "
+        "decides the folds of a new study",
+    )
+    search.add_argument(
         "--allow-space-change",
         action="store_true",
         help="resume even though the space file differs from the study's",
@@ -266,6 +274,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         workers=args.workers,
         heartbeat=args.heartbeat,
         skip_bad_images=args.skip_bad_images,
+        duplicates=args.duplicates,
         balance=args.balance,
     )
     view = _LiveWorkers(config.metric)
@@ -309,6 +318,30 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_duplicates(prepared) -> None:
+    found, index = prepared.duplicates, prepared.index
+    kept = (
+        "each kept within one fold"
+        if prepared.config.duplicates == "group"
+        else "[yellow]not grouped (--duplicates ignore): copies may sit on both sides of a split[/]"
+    )
+    console.print(
+        f"duplicates: {found.images} images in {len(found.groups)} set(s) of exact or "
+        f"near-identical images, {kept}; listed in {prepared.study_dir / 'duplicates.csv'}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    mixed = found.spanning_classes(index.labels)
+    if mixed:
+        first = ", ".join(index.paths[i] for i in mixed[0])
+        console.print(
+            f"[yellow]{len(mixed)} duplicate set(s) carry different labels[/] (the same picture "
+            f"filed under two classes?), e.g. {first}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def _print_study(prepared, *, chosen: bool) -> None:
     config, index, study = prepared.config, prepared.index, prepared.study
     counts = ", ".join(f"{name} {n}" for name, n in index.class_counts().items())
@@ -329,6 +362,8 @@ def _print_study(prepared, *, chosen: bool) -> None:
             "and --balance weights or sampler",
             highlight=False,
         )
+    if prepared.duplicates is not None and prepared.duplicates.groups:
+        _print_duplicates(prepared)
     if prepared.excluded:
         console.print(
             f"[yellow]left out {len(prepared.excluded)} image(s) that cannot be decoded[/]; "

@@ -73,6 +73,9 @@ class SearchConfig:
     heartbeat: int = 60  # seconds; a trial with no heartbeat for 3 of these is retried
     skip_bad_images: bool = False  # leave out undecodable images (listed in excluded.csv)
     balance: str | None = None  # none|weights|sampler for every trial; None: the space decides
+    # Near-duplicate images: "group" keeps each set in one fold; "ignore" only reports them.
+    # Decides the folds when a study is created; a resumed study keeps its folds.
+    duplicates: str = "group"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

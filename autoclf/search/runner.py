@@ -25,11 +25,15 @@ from autoclf import atomic
 from autoclf.config import SearchConfig
 from autoclf.data import (
     DataIndex,
+    Duplicates,
     ImageCache,
     assign_folds,
     build_cache,
     build_index,
+    find_duplicates,
+    fold_groups,
     load_index,
+    perceptual_hashes,
     save_index,
 )
 from autoclf.errors import AutoclfError, StudyMismatchError
@@ -70,6 +74,7 @@ class PreparedSearch:
     resumed: bool
     device: torch.device
     excluded: dict[str, str]  # images left out (--skip-bad-images): path → reason
+    duplicates: Duplicates | None  # found when the study was created; None on a resume
 
     def finished(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=FINISHED))
@@ -120,12 +125,17 @@ def prepare(
         )
     if cache.skipped:
         index, excluded = index.without(cache.skipped), cache.skipped
+    duplicates = None
     if not index_path.is_file():
+        duplicates = find_duplicates(perceptual_hashes(cache.images))
+        groups = index.groups
+        if config.duplicates == "group":  # near-identical images never straddle a split
+            groups = fold_groups(len(index), index.groups, duplicates)
         folds = assign_folds(
             index.label_array,
             n_splits=config.folds,
             seed=config.seed,
-            groups=index.groups,
+            groups=groups,
             classes=index.classes,
         )
     if config.metric == AUTO:  # a new study: decided by its data, then saved with it
@@ -154,6 +164,8 @@ def prepare(
     if not index_path.is_file():
         if excluded:
             _write_excluded(excluded_path, excluded)
+        if duplicates.groups:
+            _write_duplicates(study_dir / "duplicates.csv", duplicates, index)
         save_index(index, folds, index_path)
     atomic.write_json(study_dir / "config.json", config.to_dict())
     atomic.write_text(study_dir / "space.yaml", space.source)
@@ -170,6 +182,7 @@ def prepare(
         resumed=resumed,
         device=device,
         excluded=excluded,
+        duplicates=duplicates,
     )
 
 
@@ -299,6 +312,15 @@ def _resolve_auto_metric(config: SearchConfig, study_dir: Path) -> SearchConfig:
     if config.metric != AUTO or not path.is_file():
         return config
     return replace(config, metric=json.loads(path.read_text())["metric"])
+
+
+def _write_duplicates(path: Path, duplicates: Duplicates, index: DataIndex) -> None:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["group", "path", "label"])
+    for number, group in enumerate(duplicates.groups, start=1):
+        writer.writerows([number, index.paths[i], index.classes[index.labels[i]]] for i in group)
+    atomic.write_text(path, out.getvalue())
 
 
 def _check_same_config(config: SearchConfig, study_dir: Path) -> None:
