@@ -58,6 +58,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"autoclf {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
+    look = commands.add_parser(
+        "inspect",
+        help="look at the data first: classes, sizes, bad files, odd files, duplicates",
+        description="Decode every image of DATA and summarise it in the terminal and in a "
+        "self-contained HTML page (works offline): class balance, image sizes, modes and "
+        "formats, files that cannot be decoded or stand out, sample images per class, and "
+        "exact or near-duplicate images side by side.",
+    )
+    look.add_argument(
+        "data",
+        metavar="DATA",
+        help=f"a folder of class folders, a CSV (path,label[,group]), or one of {list(BUILTIN)}",
+    )
+    look.add_argument(
+        "--html",
+        default=None,
+        metavar="PATH",
+        help="where to write the page (default ./inspect-<DATA name>.html)",
+    )
+    look.add_argument(
+        "--samples", type=_positive_int, default=8, help="sample images per class (default 8)"
+    )
+    look.add_argument(
+        "--studies-dir",
+        default="studies",
+        help="where the built-in data sets are written (default ./studies)",
+    )
+    look.set_defaults(run=cmd_inspect)
+
     search = commands.add_parser(
         "search",
         help="run (or resume) a hyperparameter search with K-fold CV",
@@ -238,6 +267,98 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+# --- inspect --------------------------------------------------------------------------------
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from autoclf.data.index import build_index
+    from autoclf.data.survey import survey
+    from autoclf.reports.inspect import write_inspect_report
+
+    data = _data_arg(args.data)
+    index = build_index(data, datasets_dir=Path(args.studies_dir).resolve() / "_datasets")
+    with _progress("decoding every image") as advance:
+        found = survey(index, source=data, on_progress=advance)
+    _print_survey(found)
+    name = Path(data).name if data not in BUILTIN else data
+    target = Path(args.html) if args.html else Path(f"inspect-{name or 'data'}.html")
+    write_inspect_report(found, target, samples_per_class=args.samples)
+    console.print(f"report: {target.resolve()}", soft_wrap=True, highlight=False)
+    return 0
+
+
+def _print_survey(found) -> None:
+    counts = found.class_counts()
+    table = _table(f"{len(found.images)} images, {len(counts)} classes in {found.source}")
+    table.add_column("class", no_wrap=True)
+    table.add_column("images", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("")
+    largest = max(counts.values())
+    for name, n in counts.items():
+        bar = "█" * max(1, round(30 * n / largest))
+        table.add_row(name, str(n), f"{n / len(found.images):.1%}", bar)
+    console.print(table)
+    ratio = found.imbalance
+    style = "yellow" if ratio >= IMBALANCED else "green"
+    console.print(
+        f"imbalance: [{style}]{ratio:.2f}:1[/] (largest / smallest class)"
+        + ("; --metric auto will score by f1_macro" if ratio >= IMBALANCED else ""),
+        highlight=False,
+    )
+    decoded = found.decoded
+    if decoded:
+        widths = sorted(im.width for im in decoded)
+        heights = sorted(im.height for im in decoded)
+        console.print(
+            f"sizes: width {widths[0]}–{widths[-1]} (median {widths[len(widths) // 2]}), "
+            f"height {heights[0]}–{heights[-1]} (median {heights[len(heights) // 2]}) px",
+            highlight=False,
+        )
+        modes = ", ".join(f"{k} {n}" for k, n in found.counted("mode").most_common())
+        formats = ", ".join(f"{k} {n}" for k, n in found.counted("format").most_common())
+        rotated = sum(im.rotated for im in decoded)
+        console.print(
+            f"formats: {formats}; modes: {modes}"
+            + (f"; {rotated} stored rotated (EXIF), turned upright" if rotated else ""),
+            highlight=False,
+        )
+    bad = found.bad
+    if bad:
+        console.print(
+            f"[red]{len(bad)} file(s) cannot be decoded[/] (search stops on them unless "
+            "given --skip-bad-images):",
+            highlight=False,
+        )
+        for im in bad:
+            console.print(f"  {im.problem}", highlight=False, soft_wrap=True)
+    for i, reasons in found.odd():
+        console.print(
+            f"[yellow]stands out:[/] {found.images[i].path}: {'; '.join(reasons)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    dups = found.duplicates
+    if dups.groups:
+        mixed = dups.spanning_classes([im.label for im in found.images])
+        console.print(
+            f"duplicates: {dups.images} images in {len(dups.groups)} set(s) of exact or "
+            "near-identical images (search keeps each set within one fold)"
+            + (f"; [yellow]{len(mixed)} set(s) carry different labels[/]" if mixed else ""),
+            highlight=False,
+        )
+        for group in dups.groups[:5]:
+            console.print(
+                "  " + "  =  ".join(found.images[i].path for i in group),
+                highlight=False,
+                soft_wrap=True,
+            )
+        if len(dups.groups) > 5:
+            console.print(f"  … {len(dups.groups) - 5} more set(s) in the report", highlight=False)
+    else:
+        console.print("duplicates: none found", highlight=False)
 
 
 # --- search ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -34,6 +35,15 @@ def save_image(
         raise ValueError(mode)
     im.save(path)
     return path
+
+
+def photo(seed: int, size: tuple[int, int] = (128, 96)) -> np.ndarray:
+    """A smooth random picture (large blobs of colour, some grain), like a downscaled photo:
+    unlike uniform noise, it survives resizing and JPEG the way photographs do."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((6, 8, 3)).astype(np.float32) * 255
+    smooth = cv2.resize(coarse, size, interpolation=cv2.INTER_CUBIC)
+    return np.clip(smooth + rng.normal(0, 6, smooth.shape), 0, 255).astype(np.uint8)
 
 
 @pytest.fixture

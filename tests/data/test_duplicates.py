@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,16 +14,9 @@ from autoclf.data import assign_folds, find_duplicates, fold_groups, load_rgb, p
 from autoclf.data.cache import resize_square
 from autoclf.data.duplicates import MAX_DISTANCE
 from autoclf.search import prepare
+from tests.conftest import photo
 
 SPACE = "params: {backbone: test_resnet, image_size: 32, epochs: 1}\n"
-
-
-def photo(seed: int, size: tuple[int, int] = (128, 96)) -> np.ndarray:
-    """A smooth random picture (large blobs of colour, some grain), like a downscaled photo."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.random((6, 8, 3)).astype(np.float32) * 255
-    smooth = cv2.resize(coarse, size, interpolation=cv2.INTER_CUBIC)
-    return np.clip(smooth + rng.normal(0, 6, smooth.shape), 0, 255).astype(np.uint8)
 
 
 def reencoded(image: np.ndarray, *, scale: float, quality: int) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Self-contained HTML reports (plotly embedded, images inline): they open offline."""

@@ -1,0 +1,35 @@
+"""``autoclf inspect`` as a user runs it: the terminal summary and the offline HTML page."""
+
+from __future__ import annotations
+
+import re
+
+from tests.messy import PHOTOS, messy_folder
+from tests.test_cli_search import autoclf
+
+
+def test_inspect_summarises_in_the_terminal_and_writes_an_offline_page(tmp_path):
+    odd = messy_folder(tmp_path / "data")
+    out = autoclf(
+        "inspect", str(tmp_path / "data"), "--html", "look.html", "--samples", "3", cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr + out.stdout
+    text = out.stdout
+    assert re.search(rf"ants\s+{PHOTOS + 3}\s", text) and re.search(rf"bees\s+{PHOTOS + 7}\s", text)
+    assert "imbalance: 1.24:1" in text
+    assert "4 file(s) cannot be decoded" in text
+    for key in ("truncated", "empty", "text", "corrupt"):
+        assert str(odd[key]) in text
+    assert f"stands out: {odd['placeholder']}: the only GIF file" in text
+    assert "duplicates: 2 images in 1 set(s)" in text and "carry different labels" in text
+
+    page = (tmp_path / "look.html").read_text()
+    assert f"report: {tmp_path / 'look.html'}" in text
+    # Offline: plotly's code is in the page, and nothing is fetched from anywhere.
+    assert not re.search(r"<(script|link|img|iframe)\b[^>]*\b(src|href)=['\"]?(https?:)?//", page)
+    assert "Plotly.newPlot" in page and len(page) > 3_000_000
+    # 3 samples × 2 classes, the placeholder, and the duplicate pair side by side.
+    assert page.count("data:image/jpeg;base64,") == 3 * 2 + 1 + 2
+    for heading in ("Class distribution", "Image sizes", "Problems", "Samples", "Duplicates"):
+        assert f"<h2>{heading}" in page
+    assert str(odd["copy"]) in page and str(odd["corrupt"]) in page
