@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from autoclf import atomic
 from autoclf.metrics import Metric
 from autoclf.search.events import EpochDone, EventFn, TrialStarted
 from autoclf.search.space import SearchSpace
+from autoclf.search.trial_log import TrialLog
 from autoclf.trainer import EpochReport, NonFiniteLossError, fit, release_memory
 
 
@@ -47,9 +49,29 @@ class Objective:
     balance: str | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
+        with TrialLog(trial_dir_of(self.study_dir, trial.number) / "log.txt") as log:
+            trial.set_user_attr("log_path", str(log.path.relative_to(self.study_dir)))
+            try:
+                value = self._run(trial, log)
+            except optuna.TrialPruned as exc:
+                log(f"pruned: {trial.user_attrs.get('pruned_reason', exc)}")
+                raise
+            except BaseException as exc:
+                log(f"failed: {trial.user_attrs.get('fail_reason', repr(exc))}")
+                log("".join(traceback.format_exception(exc)).rstrip())
+                raise
+            log(f"complete: {self.metric.name} {value:.4f} ± {trial.user_attrs['cv_std']:.4f}")
+            return value
+
+    def _run(self, trial: optuna.Trial, log: TrialLog) -> float:
         params = self.space.suggest(trial)
         if self.balance is not None:  # --balance applies to every trial, whatever the space says
             params = dataclasses.replace(params, balance=self.balance)
+        log(
+            f"trial {trial.number} on {describe_device(self.device)}"
+            + (f" by worker {self.worker} (pid {os.getpid()})" if self.worker else "")
+        )
+        log(f"params: {params.to_dict()}")
         trial.set_user_attr("config", params.to_dict())
         trial.set_user_attr("device", describe_device(self.device))
         if self.worker:
@@ -69,6 +91,12 @@ class Objective:
                     nonlocal epochs_run
                     epochs_run += 1  # pruned folds count too: epochs are the compute spent
                     trial.set_user_attr("epochs_run", epochs_run)
+                    log(
+                        f"fold {fold + 1}/{n_folds} epoch {report.epoch}/{report.epochs}: "
+                        f"{self.metric.name} {report.score:.4f} (fold best "
+                        f"{report.best_score:.4f}), loss {report.train_loss:.4f}, "
+                        f"lr {report.lr:.2e}, {report.seconds:.1f} s"
+                    )
                     self.on_event(EpochDone(trial.number, fold, n_folds, report, self.worker))
                     step = fold * self.space.max_epochs + report.epoch
                     trial.report(report.score, step)
@@ -111,9 +139,14 @@ class Objective:
                         )
                     micro_batch = tried // 2  # kept for the later folds too
                     trial.set_user_attr("micro_batch", micro_batch)
+                    log(f"fold {fold + 1}: {oom}; again with micro-batch {micro_batch}")
                 oof[val_idx] = result.val_probs
                 scores.append(result.best_score)
                 best_epochs.append(result.best_epoch)
+                log(
+                    f"fold {fold + 1}/{n_folds}: {self.metric.name} {result.best_score:.4f} "
+                    f"at epoch {result.best_epoch}"
+                )
                 trial.set_user_attr("fold_scores", scores)
                 trial.set_user_attr("fold_best_epochs", best_epochs)
         except NonFiniteLossError as exc:
@@ -134,12 +167,16 @@ class Objective:
         finally:
             trial.set_user_attr("duration_s", round(time.perf_counter() - start, 2))
 
-        oof_path = self.study_dir / "trials" / str(trial.number) / "oof.npy"
+        oof_path = trial_dir_of(self.study_dir, trial.number) / "oof.npy"
         atomic.save_npy(oof_path, oof)
         trial.set_user_attr("oof_path", str(oof_path.relative_to(self.study_dir)))
         value = float(np.mean(scores))
         trial.set_user_attr("cv_std", float(np.std(scores)))
         return value
+
+
+def trial_dir_of(study_dir: Path, number: int) -> Path:
+    return study_dir / "trials" / str(number)
 
 
 class OutOfMemoryPruned(Exception):

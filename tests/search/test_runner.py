@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import optuna
 import pytest
 
@@ -65,6 +67,16 @@ def test_bad_trial_is_pruned_in_first_fold_and_steps_never_collide(config):
     assert "fold 1" in bad.user_attrs["pruned_reason"]
     assert "oof_path" not in bad.user_attrs and "oof_path" in good.user_attrs
     assert bad.user_attrs["epochs_run"] == len(bad.intermediate_values)
+    # Each trial's own log, where its log_path attribute (shown by the dashboard) says.
+    good_log = (prepared.study_dir / good.user_attrs["log_path"]).read_text()
+    assert good.user_attrs["log_path"] == "trials/0/log.txt"
+    assert len(re.findall(r"fold [12]/2 epoch \d/3: accuracy", good_log)) == 2 * EPOCHS
+    assert "fold 2/2: accuracy" in good_log
+    assert good_log.rstrip().endswith(
+        f"complete: accuracy {good.value:.4f} ± {good.user_attrs['cv_std']:.4f}"
+    )
+    bad_log = (prepared.study_dir / bad.user_attrs["log_path"]).read_text()
+    assert "'lr': 1e-09" in bad_log and f"pruned: {bad.user_attrs['pruned_reason']}" in bad_log
 
 
 def test_failing_trials_record_reason_and_stop_the_search(config, monkeypatch):
@@ -78,6 +90,9 @@ def test_failing_trials_record_reason_and_stop_the_search(config, monkeypatch):
     trials = prepared.study.trials
     assert [t.state.name for t in trials] == ["FAIL"] * 3
     assert all(t.user_attrs["fail_reason"] == "RuntimeError: boom in the trainer" for t in trials)
+    log = (prepared.study_dir / trials[0].user_attrs["log_path"]).read_text()
+    assert "failed: RuntimeError: boom in the trainer" in log
+    assert "Traceback (most recent call last)" in log and "in broken_fit" in log
 
 
 def test_changed_space_is_refused_with_a_diff_unless_allowed(config, tmp_path):
