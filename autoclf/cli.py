@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    console.quiet = args.quiet  # errors go to err_console, which stays
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats are "experimental" in Optuna's terms; that is no news to our users.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -57,9 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"autoclf {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    chatter = argparse.ArgumentParser(add_help=False)
+    loudness = chatter.add_mutually_exclusive_group()
+    loudness.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print errors only (the study's logs still have everything)",
+    )
+    loudness.add_argument(
+        "-v", "--verbose", action="store_true", help="also print every epoch of every trial"
+    )
 
     look = commands.add_parser(
         "inspect",
+        parents=[chatter],
         help="look at the data first: classes, sizes, bad files, odd files, duplicates",
         description="Decode every image of DATA and summarise it in the terminal and in a "
         "self-contained HTML page (works offline): class balance, image sizes, modes and "
@@ -87,8 +100,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     look.set_defaults(run=cmd_inspect)
 
+    stat = commands.add_parser(
+        "status",
+        parents=[chatter],
+        help="where a search stands: counts, leaderboard, running trials, time left",
+        description="Read a study (while its search runs, from any terminal or machine that "
+        "sees its storage): trials by state, the leaderboard, the running trials with their "
+        "fold and epoch, recent failures, and an estimate of the time left.",
+    )
+    stat.add_argument("--study", required=True)
+    stat.add_argument("--studies-dir", default="studies")
+    stat.add_argument("--storage", default=None, help="the study's storage URL, if not its own")
+    stat.set_defaults(run=cmd_status)
+
+    rep = commands.add_parser(
+        "report",
+        parents=[chatter],
+        help="write studies/NAME/report.html: what the search tried, and the final model",
+        description="One self-contained HTML page (works offline): optimisation history, "
+        "parameter importances, parallel coordinates, intermediate values, per-fold scores, "
+        "the leaderboard, failures and their reasons; after finalize, the ensemble against its "
+        "best member, the confusion matrix, per-class scores and the worst out-of-fold "
+        "mistakes with Grad-CAM.",
+    )
+    rep.add_argument("--study", required=True)
+    rep.add_argument("--studies-dir", default="studies")
+    rep.add_argument("--storage", default=None, help="the study's storage URL, if not its own")
+    rep.add_argument("--out", default=None, metavar="PATH", help="default studies/NAME/report.html")
+    rep.set_defaults(run=cmd_report)
+
     search = commands.add_parser(
         "search",
+        parents=[chatter],
         help="run (or resume) a hyperparameter search with K-fold CV",
         description="Run, or resume, an Optuna study of image-classification trials. "
         "Re-running the same command resumes: --trials counts finished trials in total.",
@@ -191,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     final = commands.add_parser(
         "finalize",
+        parents=[chatter],
         help="retrain the best trials into a TTA ensemble; predict a test set",
         description="Pick ensemble members on out-of-fold predictions, decide TTA and voting "
         "on them, retrain, and save everything `autoclf predict` needs under studies/NAME/final/. "
@@ -245,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pred = commands.add_parser(
         "predict",
+        parents=[chatter],
         help="predict images with a study's saved ensemble",
         description="Write path, predicted label and one probability column per class for "
         "every image in DATA (a folder of images, a folder of class folders, or a CSV).",
@@ -267,6 +312,73 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from autoclf.status import study_status
+    from autoclf.study import load_study, open_study_dir
+
+    files = open_study_dir(args.studies_dir, args.study)
+    study = load_study(files, args.storage)
+    status = study_status(files, study)
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in status.counts.items() if n)
+    console.print(
+        f"study [bold]{status.study}[/]: {status.finished} of {status.target} trials finished"
+        f" ({counts or 'no trials yet'}); {status.metric}, {status.direction}d",
+        highlight=False,
+    )
+    if status.leaderboard:
+        console.print(leaderboard(study, status.metric))
+    if status.running:
+        table = _table("running")
+        for col in ("#", "worker", "fold", "epoch", "done", "elapsed", "best so far"):
+            table.add_column(col, justify="left" if col == "worker" else "right")
+        for r in status.running:
+            table.add_row(
+                str(r.number),
+                r.worker or "",
+                f"{r.fold}/{r.folds}",
+                f"{r.epoch}/{r.epochs}",
+                f"{r.progress:.0%}",
+                _duration(r.elapsed_s),
+                "" if r.best_so_far is None else f"{r.best_so_far:.4f}",
+            )
+        console.print(table)
+    else:
+        console.print("no trial is running", highlight=False)
+    for number, reason in status.failures[:5]:
+        console.print(f"[red]failed #{number}[/]: {reason}", highlight=False, soft_wrap=True)
+    if len(status.failures) > 5:
+        console.print(f"… and {len(status.failures) - 5} more failed trial(s)", highlight=False)
+    left = "unknown" if status.eta_s is None else f"about {_duration(status.eta_s)}"
+    console.print(f"time left: [bold]{left}[/] ({status.eta_basis})", highlight=False)
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from autoclf.reports.study import write_study_report
+    from autoclf.study import load_study, open_study_dir
+
+    files = open_study_dir(args.studies_dir, args.study)
+    with console.status("writing the report"):
+        target = write_study_report(files, load_study(files, args.storage), args.out)
+    console.print(f"report: {target.resolve()}", soft_wrap=True, highlight=False)
+    return 0
 
 
 # --- inspect --------------------------------------------------------------------------------
@@ -398,7 +510,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         duplicates=args.duplicates,
         balance=args.balance,
     )
-    view = _LiveWorkers(config.metric)
+    view = _LiveWorkers(config.metric, verbose=args.verbose)
     # The workers start now and import torch and timm while this process prepares the study.
     with Pool(slots, log_dir=study_dir_for(config) / "logs", on_event=view.handle) as pool:
         with _progress("decoding images into the cache") as advance:
@@ -631,8 +743,9 @@ def _print_test(result, metric: str) -> None:
 class _LiveWorkers:
     """One line per worker for its running trial, plus a printed line per finished trial."""
 
-    def __init__(self, metric: str):
+    def __init__(self, metric: str, *, verbose: bool = False):
         self.metric = metric
+        self.verbose = verbose
         self.lines: dict[str, Text] = {}
 
     def __rich__(self) -> Group | Text:
@@ -652,13 +765,17 @@ class _LiveWorkers:
                 f"(fold best {r.best_score:.4f})  loss {r.train_loss:.3f}  "
                 f"lr {r.lr:.2e}  {r.seconds:.1f}s/epoch"
             )
+            if self.verbose:
+                console.print(self.lines[event.worker], highlight=False)
         elif isinstance(event, TrialFinished):
             self.lines.pop(event.worker, None)
             console.print(_finished_line(event, self.metric), highlight=False)
         elif isinstance(event, WorkerNote):
             self.lines.pop(event.worker, None)
-            style = "red" if event.problem else "dim"
-            console.print(Text(f"{event.worker}: {event.message}", style=style))
+            out = err_console if event.problem else console  # --quiet keeps the problems
+            out.print(
+                Text(f"{event.worker}: {event.message}", style="red" if event.problem else "dim")
+            )
 
 
 def _finished_line(event: TrialFinished, metric: str) -> Text:

@@ -6,8 +6,8 @@
 3. TTA       per member, keep the views only where they improve its OOF score
 4. vote      soft or hard, whichever scores better on OOF (or as asked)
 5. refit     retrain each member on all images (``full``) or keep its fold models (``folds``)
-6. save      weights and manifest.json (all ``predict`` needs), summary.json; with a test
-             set, predictions.csv and test metrics
+6. save      weights and manifest.json (all ``predict`` needs), summary.json, the final
+             model's OOF probabilities (oof.npy); with a test set, predictions.csv and test metrics
 
 Every expensive step leaves a file under ``final/members/<trial>/`` and is skipped when that
 file exists, so a finalize that was interrupted picks up where it stopped.
@@ -168,6 +168,8 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
 
     manifest = _manifest(files, members, vote_kind, config)
     atomic.write_json(final_dir / "manifest.json", manifest)
+    # The final model's out-of-fold probabilities: the report's confusion matrix and mistakes.
+    atomic.save_npy(final_dir / "oof.npy", final_probs.astype(np.float32))
     result = FinalResult(
         final_dir=final_dir,
         metric=metric.name,

@@ -23,7 +23,9 @@ def autoclf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-def search_digits(cwd: Path, *, trials: int, folds: int) -> subprocess.CompletedProcess:
+def search_digits(
+    cwd: Path, *, trials: int, folds: int, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     return autoclf(
         "search",
         "digits",
@@ -35,6 +37,7 @@ def search_digits(cwd: Path, *, trials: int, folds: int) -> subprocess.Completed
         str(trials),
         "--folds",
         str(folds),
+        *extra,
         cwd=cwd,
     )
 
@@ -134,13 +137,18 @@ def test_resume_counts_finished_trials_and_keeps_folds(searched):
     cwd, study_dir, url, _ = searched
     index_before = (study_dir / "index.csv").read_bytes()
     before = {t.number: t.value for t in optuna.load_study(study_name=STUDY, storage=url).trials}
-    out = search_digits(cwd, trials=4, folds=2)
+    out = search_digits(cwd, trials=4, folds=2, extra=("--verbose",))
     assert out.returncode == 0, out.stderr
     assert "resumed with 3 finished trial(s)" in out.stdout
+    # --verbose: every epoch of the new trial stays on the screen (the tiny space's pruner
+    # lets every trial run at least 4 epochs).
+    assert out.stdout.count("trial 3: fold ") >= 4 and "trial 3: fold 1/2  epoch 1/6" in out.stdout
     study = optuna.load_study(study_name=STUDY, storage=url)
     assert len(study.trials) == 4
     assert {t.number: t.value for t in study.trials if t.number in before} == before
     assert (study_dir / "index.csv").read_bytes() == index_before
     again = search_digits(cwd, trials=4, folds=2)
     assert again.returncode == 0 and "nothing to run" in again.stdout
+    quiet = search_digits(cwd, trials=4, folds=2, extra=("--quiet",))
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
     assert len(optuna.load_study(study_name=STUDY, storage=url).trials) == 4

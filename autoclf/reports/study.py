@@ -1,0 +1,339 @@
+"""``autoclf report``: one offline HTML page of what a search tried, what mattered, and, after
+``finalize``, how the final model does and where it goes wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autoclf import atomic
+from autoclf.data.cache import resize_square
+from autoclf.data.images import load_rgb
+from autoclf.errors import AutoclfError
+from autoclf.metrics import get_metric
+from autoclf.reports.html import escape, figure, page, table, thumbnail, tile
+from autoclf.study import StudyFiles
+
+MISTAKES = 12  # worst out-of-fold mistakes shown
+SHOWN = 128  # px of a gallery image
+
+
+def write_study_report(
+    files: StudyFiles, study: optuna.Study, target: str | Path | None = None
+) -> Path:
+    target = Path(target) if target else files.dir / "report.html"
+    atomic.write_text(target, render(files, study))
+    return target
+
+
+def render(files: StudyFiles, study: optuna.Study) -> str:
+    trials = study.get_trials(deepcopy=False)
+    if not trials:
+        raise AutoclfError(f"study {files.config.study!r} has no trials yet; nothing to report")
+    body = [
+        _overview(files, trials),
+        _leaderboard(files, trials),
+        _optuna_plots(study, trials),
+        _fold_scores(trials),
+        _failures(trials),
+    ]
+    final = files.dir / "final"
+    if (final / "summary.json").is_file() and (final / "oof.npy").is_file():
+        body += _final(files, json.loads((final / "summary.json").read_text()))
+    else:
+        body.append(
+            "<h2>Final model</h2><p class='muted'>Run <code>autoclf finalize --study "
+            f"{escape(files.config.study)}</code> to add the ensemble, its confusion matrix, "
+            "per-class scores and its worst mistakes to this report.</p>"
+        )
+    return page(f"autoclf report: study {files.config.study}", body)
+
+
+# --- the search -----------------------------------------------------------------------------
+
+
+def _overview(files: StudyFiles, trials: list[FrozenTrial]) -> str:
+    config = files.config
+    counts = {s.name: 0 for s in TrialState}
+    for t in trials:
+        counts[t.state.name] += 1
+    rows = [
+        ("data", config.data),
+        ("images, classes", f"{len(files.index)}, {len(files.index.classes)}"),
+        ("metric", f"{config.metric} ({files.config.folds}-fold CV, seed {config.seed})"),
+        ("space", config.space),
+        ("trials", ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n)),
+    ]
+    return "<h2>Study</h2>" + table(("", ""), rows)
+
+
+def _complete(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if t.state == TrialState.COMPLETE]
+
+
+def _leaderboard(files: StudyFiles, trials: list[FrozenTrial]) -> str:
+    done = _complete(trials)
+    if not done:
+        return "<h2>Leaderboard</h2><p>No trial has completed yet.</p>"
+    sign = 1 if get_metric(files.config.metric).direction == "maximize" else -1
+    done = sorted(done, key=lambda t: -sign * t.value)[:15]
+    keys = ("backbone", "optimizer", "lr", "batch_size", "aug_strength", "scheduler")
+    rows = []
+    for t in done:
+        params = t.user_attrs.get("config", t.params)
+        rows.append(
+            [
+                f"#{t.number}",
+                f"{t.value:.4f} ± {t.user_attrs.get('cv_std', float('nan')):.4f}",
+                *(_fmt(params.get(k)) for k in keys),
+                t.user_attrs.get("epochs_run", ""),
+                f"{t.user_attrs.get('duration_s', 0):.0f} s",
+            ]
+        )
+    header = ("trial", f"{files.config.metric} ± sd", *keys, "epochs", "time")
+    return "<h2>Leaderboard</h2>" + table(header, rows)
+
+
+def _optuna_plots(study: optuna.Study, trials: list[FrozenTrial]) -> str:
+    from optuna import visualization as vis
+
+    parts = []
+    plots = (
+        ("Optimisation history", vis.plot_optimization_history, 1),
+        ("Parameter importances", vis.plot_param_importances, 2),
+        ("Parallel coordinates", vis.plot_parallel_coordinate, 1),
+        ("Intermediate values (what pruning cut)", vis.plot_intermediate_values, 1),
+    )
+    complete = len(_complete(trials))
+    for title, plot, needs in plots:
+        if complete < needs:
+            parts.append(f"<h2>{title}</h2><p class='muted'>Needs {needs} complete trial(s).</p>")
+            continue
+        fig = plot(study)
+        fig.update_layout(height=420, title=None, margin={"t": 30})
+        parts.append(f"<h2>{title}</h2>" + figure(fig))
+    return "\n".join(parts)
+
+
+def _fold_scores(trials: list[FrozenTrial]) -> str:
+    import plotly.graph_objects as go
+
+    done = [t for t in _complete(trials) if "fold_scores" in t.user_attrs]
+    if not done:
+        return ""
+    fig = go.Figure()
+    for t in done:
+        scores = t.user_attrs["fold_scores"]
+        fig.add_trace(
+            go.Box(
+                y=scores,
+                name=f"#{t.number}",
+                boxpoints="all",
+                jitter=0.3,
+                hovertext=[f"fold {k + 1}: {s:.4f}" for k, s in enumerate(scores)],
+            )
+        )
+    fig.update_layout(
+        height=380,
+        showlegend=False,
+        xaxis_title="trial",
+        yaxis_title="fold score",
+        margin={"t": 20},
+    )
+    return "<h2>Per-fold scores</h2>" + figure(fig)
+
+
+def _failures(trials: list[FrozenTrial]) -> str:
+    rows = [
+        (f"#{t.number}", t.state.name.lower(), _reason(t))
+        for t in trials
+        if t.state in (TrialState.FAIL, TrialState.PRUNED)
+    ]
+    if not rows:
+        return "<h2>Failed and pruned trials</h2><p>None.</p>"
+    return "<h2>Failed and pruned trials</h2>" + table(("trial", "state", "why"), rows)
+
+
+def _reason(t: FrozenTrial) -> str:
+    attrs = t.user_attrs
+    return attrs.get("fail_reason") or attrs.get("pruned_reason") or "(no reason recorded)"
+
+
+# --- after finalize -------------------------------------------------------------------------
+
+
+def _final(files: StudyFiles, summary: dict) -> list[str]:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    oof = np.load(files.dir / "final" / "oof.npy")
+    labels = files.index.label_array
+    classes = list(files.index.classes)
+    predicted = oof.argmax(axis=1)
+    return [
+        _ensemble(summary),
+        _confusion(confusion_matrix(labels, predicted, labels=range(len(classes))), classes),
+        _per_class(precision_recall_fscore_support(labels, predicted, labels=range(len(classes)),
+                                                   zero_division=0), classes),
+        _mistakes(files, summary, oof),
+    ]  # fmt: skip
+
+
+def _ensemble(summary: dict) -> str:
+    import plotly.graph_objects as go
+
+    metric, oof = summary["metric"], summary["oof"]
+    names = [f"#{m['trial']}" for m in summary["members"]] + ["ensemble"]
+    scores = [m["oof_tta"] for m in summary["members"]] + [oof["ensemble"]]
+    colours = ["#8aa"] * len(summary["members"]) + ["#c60"]
+    fig = go.Figure(
+        go.Bar(x=names, y=scores, marker_color=colours, text=[f"{s:.4f}" for s in scores])
+    )
+    low = min(scores)
+    fig.update_layout(
+        height=340,
+        yaxis_title=f"OOF {metric}",
+        yaxis_range=[low - 0.1 * abs(low), None],
+        margin={"t": 20},
+    )
+    notes = "".join(f"<p>{escape(n)}</p>" for n in summary.get("notes", []))
+    rows = [
+        (kind, f"{oof[kind]['plain']:.4f}", f"{oof[kind]['tta']:.4f}") for kind in ("soft", "hard")
+    ]
+    test = summary.get("test")
+    tested = (
+        f"<p>Test set {escape(test['data'])}: {test['rows']} images, accuracy "
+        f"{test['accuracy']:.4f}.</p>"
+        if test and "accuracy" in test
+        else ""
+    )
+    return (
+        "<h2>Ensemble against its best single member</h2>"
+        f"<p>The final model votes <b>{escape(oof['vote'])}</b>: OOF {escape(metric)} "
+        f"<b>{oof['ensemble']:.4f}</b>, best single member {oof['best_single_member']:.4f}.</p>"
+        + notes
+        + figure(fig)
+        + table(("vote", "without TTA", "with TTA"), rows)
+        + tested
+    )
+
+
+def _confusion(matrix: np.ndarray, classes: list[str]) -> str:
+    import plotly.graph_objects as go
+
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=classes,
+            y=classes,
+            text=matrix,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>",
+        )
+    )
+    side = min(900, 200 + 40 * len(classes))
+    fig.update_layout(
+        height=side,
+        width=side + 100,
+        xaxis_title="predicted",
+        yaxis_title="true",
+        yaxis_autorange="reversed",
+        margin={"t": 20},
+    )
+    return "<h2>Confusion matrix (out-of-fold)</h2>" + figure(fig)
+
+
+def _per_class(scores: tuple, classes: list[str]) -> str:
+    precision, recall, f1, support = scores
+    rows = [
+        (name, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", int(n))
+        for name, p, r, f, n in zip(classes, precision, recall, f1, support, strict=True)
+    ]
+    return "<h2>Per-class scores (out-of-fold)</h2>" + table(
+        ("class", "precision", "recall", "F1", "images"), rows
+    )
+
+
+def _mistakes(files: StudyFiles, summary: dict, oof: np.ndarray) -> str:
+    labels = files.index.label_array
+    predicted = oof.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    if len(wrong) == 0:
+        return "<h2>Worst mistakes</h2><p>The final model gets every image right out-of-fold.</p>"
+    worst = wrong[np.argsort(-oof[wrong, predicted[wrong]], kind="stable")][:MISTAKES]
+    heat = _heat_maps(files, summary, worst, predicted[worst])
+    classes = files.index.classes
+    tiles = []
+    for k, i in enumerate(worst):
+        path = files.index.paths[i]
+        shown = resize_square(load_rgb(path), SHOWN)
+        caption = (
+            f"true {classes[labels[i]]} → {classes[predicted[i]]} ({oof[i, predicted[i]]:.2f})"
+        )
+        cells = tile(thumbnail(shown, size=SHOWN), caption, title=path)
+        if heat is not None:
+            from autoclf.reports.gradcam import overlay
+
+            cells += tile(thumbnail(overlay(shown, heat[k]), size=SHOWN), "Grad-CAM", title=path)
+        tiles.append(f"<div class='pair'>{cells}</div>")
+    how = (
+        "Each with a Grad-CAM overlay: where the member with the largest weight, in the fold "
+        "model that held the image out, found evidence for the wrong class."
+        if heat is not None
+        else "No Grad-CAM: the final members' fold models are not on disk."
+    )
+    return (
+        f"<h2>Worst mistakes (out-of-fold)</h2><p>The {len(worst)} most confident wrong "
+        f"predictions of {len(wrong)}. {how}</p><div class='grid'>{''.join(tiles)}</div>"
+    )
+
+
+def _heat_maps(
+    files: StudyFiles, summary: dict, rows: np.ndarray, classes: np.ndarray
+) -> np.ndarray | None:
+    """Grad-CAM of each row's predicted class, by the heaviest member's model of its fold,
+    resized to the gallery size."""
+    import cv2
+    import torch
+
+    from autoclf.config import TrainParams
+    from autoclf.data.cache import build_cache
+    from autoclf.inference import Preprocess
+    from autoclf.models import load_trained
+    from autoclf.reports.gradcam import grad_cam
+
+    member = max(summary["members"], key=lambda m: m["weight"])
+    member_dir = files.dir / "final" / "members" / str(member["trial"])
+    if not all((member_dir / f"fold{k}.pt").is_file() for k in range(files.n_folds)):
+        return None
+    params = TrainParams.from_dict(member["params"])
+    cache = build_cache(
+        files.index.paths, size=files.space.max_image_size, cache_dir=files.dir / "cache"
+    )
+    device = torch.device("cpu")
+    preprocess = Preprocess(params.backbone, size=params.image_size, device=device)
+    out = np.zeros((len(rows), SHOWN, SHOWN), dtype=np.float32)
+    for fold in np.unique(files.folds[rows]):
+        model = load_trained(
+            params,
+            member_dir / f"fold{fold}.pt",
+            num_classes=len(files.index.classes),
+            device=device,
+        )
+        pick = np.flatnonzero(files.folds[rows] == fold)
+        heat = grad_cam(
+            model, cache.images[rows[pick]], preprocess=preprocess, classes=classes[pick].tolist()
+        )
+        for k, h in zip(pick, heat, strict=True):
+            out[k] = cv2.resize(h, (SHOWN, SHOWN), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.2e}" if value and abs(value) < 0.01 else f"{value:.2f}"
+    return "" if value is None else str(value)

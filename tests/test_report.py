@@ -1,0 +1,115 @@
+"""``autoclf report`` on a real searched and finalized study, opened in a real browser."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autoclf.config import FinalizeConfig, SearchConfig
+from autoclf.finalize import finalize
+from autoclf.search import prepare, run
+from tests.browser import render, screenshot
+from tests.test_cli_search import autoclf
+
+SPACE = """
+params:
+  backbone: {type: categorical, choices: [test_efficientnet, test_resnet]}
+  lr: {type: categorical, choices: [0.01, 0.005]}
+  batch_size: 64
+  epochs: 2
+  image_size: 16
+pruner: {name: none}
+"""
+SECTIONS = (
+    "Study",
+    "Leaderboard",
+    "Optimisation history",
+    "Parameter importances",
+    "Parallel coordinates",
+    "Intermediate values",
+    "Per-fold scores",
+    "Failed and pruned trials",
+    "Ensemble against its best single member",
+    "Confusion matrix",
+    "Per-class scores",
+    "Worst mistakes",
+)
+
+
+@pytest.fixture(scope="module")
+def finalized(tmp_path_factory) -> Path:
+    """A 3-trial, 2-fold digits search with one failed and one pruned trial, finalized."""
+    root = tmp_path_factory.mktemp("report")
+    (root / "space.yaml").write_text(SPACE)
+    config = SearchConfig(
+        data="digits",
+        study="s",
+        space=str(root / "space.yaml"),
+        folds=2,
+        trials=3,
+        studies_dir=str(root / "studies"),
+    )
+    prepared = prepare(config)
+    for backbone, lr in (("test_efficientnet", 0.01), ("test_resnet", 0.01)):
+        prepared.study.enqueue_trial({"backbone": backbone, "lr": lr})
+    run(prepared)
+    # What the search records when a trial fails or is pruned (see the objective).
+    failed = prepared.study.ask()
+    failed.set_user_attr("fail_reason", "RuntimeError: boom in fold 2")
+    prepared.study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    pruned = prepared.study.ask()
+    pruned.report(0.11, step=1)
+    pruned.set_user_attr("pruned_reason", "fold 1 epoch 1: below the median")
+    prepared.study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    finalize(FinalizeConfig(study="s", studies_dir=str(root / "studies"), top_k=2, tta="off"))
+    return root / "studies"
+
+
+def test_report_shows_every_section_with_real_content_and_renders_offline(finalized, tmp_path):
+    out = autoclf("report", "--study", "s", "--studies-dir", str(finalized), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr + out.stdout
+    path = finalized / "s" / "report.html"
+    assert f"report: {path}" in out.stdout
+    html = path.read_text()
+
+    headings = re.findall(r"<h2>([^<]+)</h2>", html)
+    for section in SECTIONS:
+        assert any(h.startswith(section) for h in headings), f"no section {section!r}"
+    assert "Needs" not in html and "Run <code>autoclf finalize" not in html  # all had content
+    for number in (0, 1, 2):
+        assert f"<td>#{number}</td>" in html  # leaderboard rows
+    assert "RuntimeError: boom in fold 2" in html and "below the median" in html
+    per_class = html.split("<h2>Per-class scores")[1].split("<h2>")[0]
+    assert per_class.count("<tr>") == 1 + 10  # header + the ten digits
+    mistakes = html.split("<h2>Worst mistakes")[1]
+    shown = int(re.search(r"The (\d+) most confident wrong predictions", mistakes).group(1))
+    assert shown > 0 and mistakes.count("data:image/jpeg;base64,") == 2 * shown
+    assert mistakes.count(">Grad-CAM<") == shown
+    assert not re.search(r"<(script|link|img|iframe)\b[^>]*\b(src|href)=['\"]?(https?:)?//", html)
+
+    seen = render(path, tmp_path)
+    assert seen["errors"] == [] and seen["resources"] == []
+    figures = html.count('class="plotly-graph-div"')
+    assert figures == 7  # history, importances, parallel, intermediate, folds, ensemble, matrix
+    assert seen["plots"] == seen["drawn"] == figures  # every one drawn by plotly.js
+    assert all(n > 0 for n in seen["traces"]), seen["traces"]  # plotly built every trace…
+    assert all(n > 0 for n in seen["marks"]), seen["marks"]  # …and drew it
+    assert seen["images"] == html.count("data:image/jpeg;base64,")
+    keep = Path(os.environ.get("AUTOCLF_ARTIFACTS", tmp_path))
+    assert screenshot(path, keep / "report.png", tmp_path).stat().st_size > 50_000
+
+
+def test_report_before_finalize_says_how_to_get_the_rest(finalized, tmp_path):
+    studies = tmp_path / "studies"
+    shutil.copytree(finalized, studies)
+    shutil.rmtree(studies / "s" / "final")
+    out = autoclf("report", "--study", "s", "--studies-dir", str(studies), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr + out.stdout
+    html = (studies / "s" / "report.html").read_text()
+    assert "<h2>Leaderboard</h2>" in html and "Run <code>autoclf finalize --study s" in html
+    assert "Confusion matrix" not in html
