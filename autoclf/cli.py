@@ -403,7 +403,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def _print_survey(found) -> None:
     counts = found.class_counts()
-    table = _table(f"{len(found.images)} images, {len(counts)} classes in {found.source}")
+    console.print(f"data: {found.source}", highlight=False, soft_wrap=True)
+    table = _table(f"{len(found.images)} images, {len(counts)} classes")
     table.add_column("class", no_wrap=True)
     table.add_column("images", justify="right")
     table.add_column("share", justify="right")
