@@ -79,11 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "formats, files that cannot be decoded or stand out, sample images per class, and "
         "exact or near-duplicate images side by side.",
     )
-    look.add_argument(
-        "data",
-        metavar="DATA",
-        help=f"a folder of class folders, a CSV (path,label[,group]), or one of {list(BUILTIN)}",
-    )
+    _add_data(look)
     look.add_argument(
         "--html",
         default=None,
@@ -136,11 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run, or resume, an Optuna study of image-classification trials. "
         "Re-running the same command resumes: --trials counts finished trials in total.",
     )
-    search.add_argument(
-        "data",
-        metavar="DATA",
-        help=f"a folder of class folders, a CSV (path,label[,group]), or one of {list(BUILTIN)}",
-    )
+    _add_data(search)
     search.add_argument(
         "--study", required=True, help="study name (also its folder under --studies-dir)"
     )
@@ -305,6 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--device", default="auto")
     pred.set_defaults(run=cmd_predict)
     return parser
+
+
+def _add_data(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "data",
+        metavar="DATA",
+        help=f"a folder of class folders, a CSV (path,label[,group]), or one of {list(BUILTIN)}",
+    )
 
 
 def _positive_int(text: str) -> int:

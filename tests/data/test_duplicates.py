@@ -106,15 +106,20 @@ def write_csv_data(root: Path) -> Path:
     return root / "data.csv"
 
 
-def test_groups_and_duplicates_spanning_classes_never_straddle_folds(tmp_path):
+def csv_config(tmp_path: Path, **options) -> SearchConfig:
     (tmp_path / "space.yaml").write_text(SPACE)
-    config = SearchConfig(
+    return SearchConfig(
         data=str(write_csv_data(tmp_path)),
         study="s",
         space=str(tmp_path / "space.yaml"),
         folds=3,
         studies_dir=str(tmp_path / "studies"),
+        **options,
     )
+
+
+def test_groups_and_duplicates_spanning_classes_never_straddle_folds(tmp_path):
+    config = csv_config(tmp_path)
     prepared = prepare(config)
     index, folds = prepared.index, prepared.folds
     fold_of = {}
@@ -133,16 +138,7 @@ def test_groups_and_duplicates_spanning_classes_never_straddle_folds(tmp_path):
 
 
 def test_ignore_reports_duplicates_but_splits_by_the_data_groups_alone(tmp_path):
-    (tmp_path / "space.yaml").write_text(SPACE)
-    config = SearchConfig(
-        data=str(write_csv_data(tmp_path)),
-        study="s",
-        space=str(tmp_path / "space.yaml"),
-        folds=3,
-        studies_dir=str(tmp_path / "studies"),
-        duplicates="ignore",
-    )
-    prepared = prepare(config)
+    prepared = prepare(csv_config(tmp_path, duplicates="ignore"))
     assert prepared.duplicates.groups == ((0, 24, 25),)
     plain = assign_folds(
         prepared.index.label_array, n_splits=3, seed=0, groups=prepared.index.groups
