@@ -36,7 +36,7 @@ def test_killed_worker_trial_is_retried_with_same_params_and_search_finishes(tmp
     os.kill(worker_pid(victim), signal.SIGKILL)
     out, err = search.communicate(timeout=300)
     assert search.returncode == 0, err + out
-    assert "died with SIGKILL" in out  # the user is told, and the worker restarted
+    assert "died with SIGKILL" in err  # the user is told (on stderr), and the worker restarted
 
     ts = assert_settled(url, 2)
     killed = ts[victim.number]
