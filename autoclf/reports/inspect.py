@@ -9,6 +9,7 @@ import numpy as np
 from autoclf import atomic
 from autoclf.data.images import load_rgb
 from autoclf.data.survey import Survey
+from autoclf.metrics import choose_metric
 from autoclf.reports.html import escape, figure, page, table, thumbnail, tile
 
 MAX_POINTS = 5000  # image-size scatter: a sample beyond this many images
@@ -56,7 +57,7 @@ def _summary(survey: Survey) -> str:
         f"<p class='warn'>Class {escape(smallest)} has {counts[smallest]} images, "
         f"{survey.imbalance:.1f}× fewer than the largest: --metric auto scores this data by "
         "f1_macro; consider --balance weights or sampler.</p>"
-        if survey.imbalance >= 3
+        if choose_metric(counts.values()) == "f1_macro"
         else ""
     )
     return "<h2>Summary</h2>" + table(("", ""), rows) + note
