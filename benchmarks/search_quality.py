@@ -1,0 +1,274 @@
+"""Does the search pay? autoclf's defaults against random search and a fixed recipe.
+
+For each dataset and seed, four ways to spend the compute, each followed by
+``autoclf finalize`` with the same options and scored on held-out test images:
+
+- **defaults**: the ``tiny`` space exactly as shipped (its TPE sampler and its pruner);
+- **random**: the same space, random sampling, no pruning;
+- **random+pruner**: random sampling with the shipped pruner;
+- **fixed recipe**: one sensible configuration (the middle of the space, the most common
+  choices), no search: trained for as many epochs as the defaults spent on the same seed.
+
+The three searches run the same number of trials, so "epochs vs random" is the share of the
+compute pruning left: the issue's target is at most 0.35, at a best CV score within one
+standard deviation (over seeds) of random search without pruning. Every run goes through
+autoclf's own code (``prepare``, ``run``, ``finalize``) in this process, on the CPU.
+
+    python benchmarks/search_quality.py            # the table in benchmarks/README.md
+    python benchmarks/search_quality.py --datasets digits --seeds 0 --trials 4   # a look
+
+Finished runs are kept under ``--work`` (one ``record.json`` each) and not run again, so an
+interrupted benchmark goes on where it stopped; ``--fresh`` starts over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import optuna
+import torch
+import yaml
+
+from autoclf import atomic
+from autoclf.config import FinalizeConfig, SearchConfig
+from autoclf.finalize import finalize
+from autoclf.search import prepare, run
+from autoclf.search.space import resolve_space_path
+
+REPO = Path(__file__).resolve().parent.parent
+HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
+DATASETS = {  # name → (search data, test data)
+    "digits": ("digits", "digits-test"),
+    "hymenoptera": (str(HYMENOPTERA / "train"), str(HYMENOPTERA / "val")),
+}
+METHODS = ("defaults", "random", "random+pruner", "fixed recipe")
+# The fixed recipe: the centre of the tiny space (geometric for log ranges), the most common
+# choices for the categorical ones, and the tiny space's fixed settings. Chosen before any
+# run, not tuned on these results: it stands for "skip the search, train one good model".
+RECIPE = {
+    "backbone": "test_resnet",
+    "optimizer": "adamw",
+    "lr": 3.0e-3,
+    "weight_decay": 1.0e-4,
+    "batch_size": 64,
+    "dropout": 0.1,
+    "aug_strength": 0.3,
+    "scheduler": "cosine",
+    "patience": 0,  # it trains for its whole budget
+}
+
+
+def method_space(method: str, base: dict, *, recipe_epochs: int | None = None) -> dict:
+    """The search space document one method runs: the shipped space, changed where the
+    method differs."""
+    doc = json.loads(json.dumps(base))  # a deep copy
+    if method == "random":
+        doc["sampler"], doc["pruner"] = {"name": "random"}, {"name": "none"}
+    elif method == "random+pruner":
+        doc["sampler"] = {"name": "random"}
+    elif method == "fixed recipe":
+        doc["params"].update(RECIPE, epochs=recipe_epochs)
+        doc["sampler"], doc["pruner"] = {"name": "random"}, {"name": "none"}
+    return doc
+
+
+def run_one(
+    work: Path,
+    dataset: str,
+    method: str,
+    seed: int,
+    *,
+    base: dict,
+    trials: int,
+    folds: int,
+    top_k: int,
+    recipe_epochs: int | None = None,
+) -> dict:
+    """Search, finalize and test one (dataset, method, seed); the record is kept in
+    ``work/<study>/record.json`` and read back instead of running again."""
+    study = f"{dataset}-{method.replace(' ', '-').replace('+', '-')}-s{seed}"
+    record_path = work / study / "record.json"
+    if record_path.is_file():
+        return json.loads(record_path.read_text())
+    data, test = DATASETS[dataset]
+    space_path = work / f"{study}.yaml"
+    doc = method_space(method, base, recipe_epochs=recipe_epochs)
+    atomic.write_text(space_path, yaml.safe_dump(doc, sort_keys=False))
+    config = SearchConfig(
+        data=data,
+        study=study,
+        space=str(space_path),
+        folds=folds,
+        seed=seed,
+        trials=1 if method == "fixed recipe" else trials,
+        studies_dir=str(work),
+        device="cpu",
+        gpus="cpu",
+        skip_bad_images=True,  # hymenoptera's train folder holds a GIF placeholder
+    )
+    start = time.perf_counter()
+    prepared = prepare(config)
+    study_obj = run(prepared)
+    search_s = time.perf_counter() - start
+    finished = [t for t in study_obj.get_trials(deepcopy=False) if t.state.is_finished()]
+    start = time.perf_counter()
+    result = finalize(
+        FinalizeConfig(study=study, studies_dir=str(work), top_k=top_k, test=test, device="cpu")
+    )
+    record = {
+        "dataset": dataset,
+        "method": method,
+        "seed": seed,
+        "metric": prepared.metric.name,
+        "trials": len(finished),
+        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in finished),
+        "epochs": sum(int(t.user_attrs.get("epochs_run", 0)) for t in finished),
+        "best_cv": float(study_obj.best_value),
+        "best_params": study_obj.best_trial.user_attrs["config"],
+        "final_oof": float(result.oof_score),
+        "test": float(result.test.metrics[prepared.metric.name]),
+        "members": [m.trial for m in result.members],
+        "search_s": round(search_s, 1),
+        "finalize_s": round(time.perf_counter() - start, 1),
+    }
+    atomic.write_json(record_path, record)
+    return record
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def fmt(values: list[float], digits: int = 4) -> str:
+    mean, sd = mean_sd(values)
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def table(records: list[dict], dataset: str) -> list[str]:
+    """The markdown table of one dataset, then what it says against the issue's targets."""
+    by_method = {
+        m: [r for r in records if r["dataset"] == dataset and r["method"] == m] for m in METHODS
+    }
+    random_epochs = {r["seed"]: r["epochs"] for r in by_method["random"]}
+    metric = by_method["defaults"][0]["metric"]
+    lines = [
+        f"**{dataset}** ({len(by_method['defaults'])} seeds, {metric}; mean ± sd over seeds)",
+        "",
+        "| method | trials (pruned) | epochs | epochs vs random | best CV | test after finalize "
+        "| minutes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, rows in by_method.items():
+        ratio = [r["epochs"] / random_epochs[r["seed"]] for r in rows]
+        minutes = statistics.fmean((r["search_s"] + r["finalize_s"]) / 60 for r in rows)
+        lines.append(
+            f"| {method} | {statistics.fmean(r['trials'] for r in rows):.0f} "
+            f"({statistics.fmean(r['pruned'] for r in rows):.1f}) "
+            f"| {statistics.fmean(r['epochs'] for r in rows):.0f} | {fmt(ratio, 2)} "
+            f"| {fmt([r['best_cv'] for r in rows])} | {fmt([r['test'] for r in rows])} "
+            f"| {minutes:.1f} |"
+        )
+    sign = 1 if metric != "log_loss" else -1
+    cv = {m: mean_sd([r["best_cv"] for r in rows]) for m, rows in by_method.items()}
+    test = {m: mean_sd([r["test"] for r in rows]) for m, rows in by_method.items()}
+    others = [m for m in METHODS if m != "defaults"]
+    pruned_ratio = statistics.fmean(
+        r["epochs"] / random_epochs[r["seed"]] for r in by_method["random+pruner"]
+    )
+    lines += [
+        "",
+        "- defaults ≥ every alternative on mean best CV: "
+        + yes(all(sign * cv["defaults"][0] >= sign * cv[m][0] for m in others)),
+        "- defaults ≥ every alternative on mean test score: "
+        + yes(all(sign * test["defaults"][0] >= sign * test[m][0] for m in others)),
+        f"- random+pruner epochs / random epochs: {pruned_ratio:.2f} (target ≤ 0.35): "
+        + yes(pruned_ratio <= 0.35),
+        f"- random+pruner best CV within one sd of random's "
+        f"({cv['random+pruner'][0]:.4f} against {cv['random'][0]:.4f} ± {cv['random'][1]:.4f}): "
+        + yes(abs(cv["random+pruner"][0] - cv["random"][0]) <= cv["random"][1]),
+    ]
+    return lines
+
+
+def yes(ok: bool) -> str:
+    return "**yes**" if ok else "**no**"
+
+
+def run_group(dataset: str, seed: int, args: argparse.Namespace, base: dict) -> list[dict]:
+    """The four methods on one (dataset, seed), in order: the recipe's budget is what the
+    defaults spent."""
+    quiet()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
+    done: dict[str, dict] = {}
+    for method in METHODS:
+        budget = None
+        if method == "fixed recipe":  # the defaults' epochs, over the recipe's folds
+            budget = max(1, round(done["defaults"]["epochs"] / args.folds))
+        done[method] = record = run_one(
+            args.work,
+            dataset,
+            method,
+            seed,
+            base=base,
+            trials=args.trials,
+            folds=args.folds,
+            top_k=args.top_k,
+            recipe_epochs=budget,
+        )
+        print(
+            f"{dataset} seed {seed} {method}: best CV {record['best_cv']:.4f}, "
+            f"test {record['test']:.4f}, {record['epochs']} epochs, "
+            f"{record['search_s'] + record['finalize_s']:.0f} s",
+            flush=True,
+        )
+    return list(done.values())
+
+
+def quiet() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=sorted(DATASETS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--trials", type=int, default=30, help="trials per search")
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--top-k", type=int, default=3, help="finalize --top-k, for every method")
+    parser.add_argument("--space", default="tiny", help="the space whose defaults are measured")
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="(dataset, seed) pairs run at once, sharing the cores"
+    )
+    parser.add_argument(
+        "--work", type=Path, default=REPO / "benchmarks" / "runs" / "search_quality"
+    )
+    parser.add_argument("--fresh", action="store_true", help="forget earlier runs under --work")
+    args = parser.parse_args()
+
+    if args.fresh:
+        shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    base = yaml.safe_load(resolve_space_path(args.space).read_text())
+    groups = [(d, s) for d in args.datasets for s in args.seeds]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run_group, d, s, args, base) for d, s in groups]
+        records = [r for f in futures for r in f.result()]
+    print(f"\n{(time.perf_counter() - start) / 60:.0f} minutes with --jobs {args.jobs}\n")
+    for dataset in args.datasets:
+        print("\n".join(table(records, dataset)))
+        print()
+
+
+if __name__ == "__main__":
+    main()
