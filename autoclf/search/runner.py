@@ -49,7 +49,7 @@ from autoclf.search.storage import (
     mask_url,
     open_storage,
 )
-from autoclf.search.worker import FINISHED, failure_message, work
+from autoclf.search.worker import FINISHED, failure_message, sampler_seed, work
 from autoclf.trainer import resolve_device
 
 # Settings that define a study: resuming with any other value would mix incomparable trials.
@@ -158,6 +158,10 @@ def prepare(
         pruner=space.make_pruner(),
         load_if_exists=True,
     )
+    if study.trials:
+        # A fresh sampler seeded as before would draw the first trials' "random" parameters
+        # again; salted with the trials so far, a resumed run goes on to new ones.
+        study.sampler = space.make_sampler(sampler_seed(config.seed, len(study.trials)))
     _check_or_write_study_attrs(study, config, space, index)
 
     # Everything is checked: record the set-up that every later run of this study must match.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import optuna
@@ -101,6 +102,31 @@ def test_changed_space_is_refused_with_a_diff_unless_allowed(config, tmp_path):
     with pytest.raises(StudyMismatchError, match=r"(?s)-  batch_size: 64.*\+  batch_size: 32"):
         prepare(config)
     assert prepare(config, allow_space_change=True).resumed
+
+
+def test_a_resumed_run_draws_new_random_parameters(config, tmp_path):
+    """The sampler is seeded by --seed; a resumed run must not start the sequence over and
+    train the first trials' parameters again."""
+    (tmp_path / "space.yaml").write_text(
+        SPACE.replace("params:", "sampler: {name: random}\nparams:").replace(
+            "batch_size: 64", "batch_size: {type: int, low: 8, high: 4096}"
+        )
+    )
+
+    def draw(prepared) -> int:  # sample one trial's parameters and leave it finished
+        trial = prepared.study.ask()
+        prepared.space.suggest(trial)
+        prepared.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return trial.params["batch_size"]
+
+    first = prepare(config)
+    drawn = [draw(first), draw(first)]
+    again = prepare(config)
+    assert again.resumed
+    assert draw(again) not in drawn
+    # A new study with the same seed still draws the same sequence: runs stay reproducible.
+    fresh = prepare(dataclasses.replace(config, study="t"))
+    assert [draw(fresh), draw(fresh)] == drawn
 
 
 def test_changed_data_is_refused(tmp_path):
