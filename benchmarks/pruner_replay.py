@@ -23,36 +23,40 @@ from __future__ import annotations
 import argparse
 import statistics
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 
-REPO = Path(__file__).resolve().parent.parent
-P = optuna.pruners
+from autoclf.search.space import PRUNERS, load_space
 
-CANDIDATES: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
-    "median, 3 startup, warmup 4 (before)": lambda: P.MedianPruner(3, 4),
-    "median, 3 startup, warmup 2": lambda: P.MedianPruner(3, 2),
-    "median, 2 startup, warmup 1": lambda: P.MedianPruner(2, 1),
-    **{
-        f"percentile {pct}, {s} startup, warmup {w}": (
-            lambda pct=pct, s=s, w=w: P.PercentilePruner(pct, n_startup_trials=s, n_warmup_steps=w)
-        )
-        for pct in (50, 33, 25)
+REPO = Path(__file__).resolve().parent.parent
+
+# Pruner sections as a search space writes them.
+CANDIDATES: list[dict] = [
+    {"name": "median", "n_startup_trials": 3, "n_warmup_steps": 4},  # tiny's until 2026-11
+    {"name": "median", "n_startup_trials": 3, "n_warmup_steps": 2},
+    *(
+        {"name": "percentile", "percentile": pct, "n_startup_trials": s, "n_warmup_steps": w}
+        for pct in (33.0, 25.0, 20.0)
         for s in (2, 3)
-        for w in (1, 2, 3)
-    },
-    **{
-        f"successive halving, min {r}, factor {rf}": (
-            lambda r=r, rf=rf: P.SuccessiveHalvingPruner(min_resource=r, reduction_factor=rf)
-        )
+        for w in (1, 2, 3, 4)
+    ),
+    *(
+        {"name": "successive_halving", "min_resource": r, "reduction_factor": rf}
         for r in (1, 2, 3)
         for rf in (3, 4)
-    },
-    "hyperband, min 1, factor 3": lambda: P.HyperbandPruner(min_resource=1, reduction_factor=3),
-    "wilcoxon, p 0.1": lambda: P.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2),
-}
+    ),
+    {"name": "hyperband", "min_resource": 1, "reduction_factor": 3},
+]
+
+
+def label(spec: dict) -> str:
+    """The spec as a search space's ``pruner:`` line."""
+    return "`{" + ", ".join(f"{k}: {v}" for k, v in spec.items()) + "}`"
+
+
+def make(spec: dict) -> optuna.pruners.BasePruner:
+    return PRUNERS[spec["name"]](**{k: v for k, v in spec.items() if k != "name"})
 
 
 def curves(storage: str, name: str) -> tuple[list[optuna.trial.FrozenTrial], int]:
@@ -110,18 +114,20 @@ def main() -> None:
     print(f"{len(studies)} studies ({', '.join(studies)}), {'/'.join(map(str, sizes))} trials\n")
     print("| pruner | epochs vs unpruned (mean, worst) | best lost (mean, worst) |")
     print("|---|---|---|")
+    shipped = load_space("tiny").pruner
     rows = []
-    for label, make in CANDIDATES.items():
+    for spec in CANDIDATES:
         ratios, lost = [], []
         for trials, sign in studies.values():
-            ratio, short = replay(trials, sign, make())
+            ratio, short = replay(trials, sign, make(spec))
             ratios.append(ratio)
             lost.append(short)
+        name = label(spec) + (" (**tiny's**)" if spec == shipped else "")
         rows.append(
-            (statistics.fmean(ratios), max(ratios), statistics.fmean(lost), max(lost), label)
+            (statistics.fmean(ratios), max(ratios), statistics.fmean(lost), max(lost), name)
         )
-    for ratio, worst_ratio, lost, worst_lost, label in sorted(rows):
-        print(f"| {label} | {ratio:.2f}, {worst_ratio:.2f} | {lost:.4f}, {worst_lost:.4f} |")
+    for ratio, worst_ratio, lost, worst_lost, name in sorted(rows):
+        print(f"| {name} | {ratio:.2f}, {worst_ratio:.2f} | {lost:.4f}, {worst_lost:.4f} |")
 
 
 if __name__ == "__main__":

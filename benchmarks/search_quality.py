@@ -11,8 +11,11 @@ For each dataset and seed, four ways to spend the compute, each followed by
 
 The three searches run the same number of trials, so "epochs vs random" is the share of the
 compute pruning left: the issue's target is at most 0.35, at a best CV score within one
-standard deviation (over seeds) of random search without pruning. Every run goes through
-autoclf's own code (``prepare``, ``run``, ``finalize``) in this process, on the CPU.
+standard deviation (over seeds) of random search without pruning. Each row also has the
+finalized model's out-of-fold score ("final OOF": every training image, so less noisy than
+the test score). Every run goes through autoclf's own code (``prepare``, ``run``,
+``finalize``) on the CPU; ``--jobs`` (dataset, seed) pairs run at once, each in its own
+process with an equal share of the cores.
 
     python benchmarks/search_quality.py            # the table in benchmarks/README.md
     python benchmarks/search_quality.py --datasets digits --seeds 0 --trials 4   # a look
@@ -163,9 +166,9 @@ def table(records: list[dict], dataset: str) -> list[str]:
     lines = [
         f"**{dataset}** ({len(by_method['defaults'])} seeds, {metric}; mean ± sd over seeds)",
         "",
-        "| method | trials (pruned) | epochs | epochs vs random | best CV | test after finalize "
+        "| method | trials (pruned) | epochs | epochs vs random | best CV | final OOF | test "
         "| minutes |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method, rows in by_method.items():
         ratio = [r["epochs"] / random_epochs[r["seed"]] for r in rows]
@@ -174,7 +177,8 @@ def table(records: list[dict], dataset: str) -> list[str]:
             f"| {method} | {statistics.fmean(r['trials'] for r in rows):.0f} "
             f"({statistics.fmean(r['pruned'] for r in rows):.1f}) "
             f"| {statistics.fmean(r['epochs'] for r in rows):.0f} | {fmt(ratio, 2)} "
-            f"| {fmt([r['best_cv'] for r in rows])} | {fmt([r['test'] for r in rows])} "
+            f"| {fmt([r['best_cv'] for r in rows])} | {fmt([r['final_oof'] for r in rows])} "
+            f"| {fmt([r['test'] for r in rows])} "
             f"| {minutes:.1f} |"
         )
     sign = 1 if metric != "log_loss" else -1
