@@ -46,6 +46,7 @@ from autoclf.config import FinalizeConfig, SearchConfig
 from autoclf.finalize import finalize
 from autoclf.search import prepare, run
 from autoclf.search.space import resolve_space_path
+from autoclf.search.worker import die_with_parent
 
 REPO = Path(__file__).resolve().parent.parent
 HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
@@ -265,7 +266,13 @@ def main() -> None:
     base = yaml.safe_load(resolve_space_path(args.space).read_text())
     groups = [(d, s) for d in args.datasets for s in args.seeds]
     start = time.perf_counter()
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        args.jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        # A run left behind by a killed benchmark would write into the studies of the next.
+        initializer=die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         futures = [pool.submit(run_group, d, s, args, base) for d, s in groups]
         records = [r for f in futures for r in f.result()]
     print(f"\n{(time.perf_counter() - start) / 60:.0f} minutes with --jobs {args.jobs}\n")

@@ -167,7 +167,7 @@ def main() -> int:
     """Entry point of one worker process. It starts while the parent still prepares the
     study, and imports what it needs meanwhile; then the parent writes a JSON spec on stdin:
     where the study is, which device, the target, and the descriptor to write events to."""
-    _die_with_parent(int(os.environ[PARENT_PID_ENV]))
+    die_with_parent(int(os.environ[PARENT_PID_ENV]))
     from autoclf.search.runner import attach  # torch, timm, albumentations: seconds
 
     for signum in STOP_SIGNALS:
@@ -273,7 +273,7 @@ def _raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Have the kernel send SIGTERM if the parent dies, however it dies (Linux)."""
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
