@@ -7,7 +7,7 @@ same trials would have been sampled, trained and reported alike, up to the step 
 stopped one. Replaying the curves in trial order through Optuna's own pruners
 (``study.ask``, ``trial.report``, ``trial.should_prune``) therefore shows exactly what each
 pruner would have saved, and whether it would have stopped the trial that turned out best:
-minutes of arithmetic instead of hours of training.
+seconds of arithmetic instead of hours of training.
 
     python benchmarks/pruner_replay.py                      # the "random" studies that
                                                             # search_quality.py left under --work
@@ -15,7 +15,7 @@ minutes of arithmetic instead of hours of training.
 
 For each pruner: the epochs it would have trained as a share of the unpruned ones (mean and
 worst over studies), and how far below the unpruned study's best the best trial it lets finish
-would be (mean and worst). The shipped pruner is the cheapest that lost nothing on any study.
+would be (mean and worst). The tiny space's own pruner is marked.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ interrupted benchmark goes on where it stopped; ``--fresh`` starts over.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import multiprocessing
 import os
@@ -74,7 +75,7 @@ RECIPE = {
 def method_space(method: str, base: dict, *, recipe_epochs: int | None = None) -> dict:
     """The search space document one method runs: the shipped space, changed where the
     method differs."""
-    doc = json.loads(json.dumps(base))  # a deep copy
+    doc = copy.deepcopy(base)
     if method == "random":
         doc["sampler"], doc["pruner"] = {"name": "random"}, {"name": "none"}
     elif method == "random+pruner":
