@@ -45,6 +45,7 @@ import yaml
 from autoclf import atomic
 from autoclf.config import FinalizeConfig, SearchConfig
 from autoclf.finalize import finalize
+from autoclf.metrics import get_metric
 from autoclf.search import prepare, run
 from autoclf.search.space import resolve_space_path
 from autoclf.search.worker import die_with_parent
@@ -183,7 +184,7 @@ def table(records: list[dict], dataset: str) -> list[str]:
             f"| {fmt([r['test'] for r in rows])} "
             f"| {minutes:.1f} |"
         )
-    sign = 1 if metric != "log_loss" else -1
+    sign = 1 if get_metric(metric).direction == "maximize" else -1
     cv = {m: mean_sd([r["best_cv"] for r in rows]) for m, rows in by_method.items()}
     test = {m: mean_sd([r["test"] for r in rows]) for m, rows in by_method.items()}
     others = [m for m in METHODS if m != "defaults"]
