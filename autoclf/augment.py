@@ -10,8 +10,11 @@ import albumentations as A
 from albumentations.pytorch import ToTensorV2
 
 
-def train_transform(*, strength: float, size: int, seed: int | None = None) -> A.Compose:
-    """Random augmentation whose magnitude and probability scale with ``strength`` in [0, 1]."""
+def train_transform(
+    *, strength: float, size: int, hflip: bool = True, seed: int | None = None
+) -> A.Compose:
+    """Random augmentation whose magnitude and probability scale with ``strength`` in [0, 1].
+    ``hflip=False`` leaves out horizontal flips (for digits, text, anything with a handedness)."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"aug_strength must be in [0, 1], got aug_strength={strength}")
     if strength == 0.0:
@@ -19,7 +22,7 @@ def train_transform(*, strength: float, size: int, seed: int | None = None) -> A
     s = strength
     ops: list[A.BasicTransform] = [
         A.RandomResizedCrop(size=(size, size), scale=(max(0.08, 1.0 - 0.75 * s), 1.0)),
-        A.HorizontalFlip(p=0.5),
+        *([A.HorizontalFlip(p=0.5)] if hflip else []),
         A.Affine(
             scale=(1.0 - 0.2 * s, 1.0 + 0.2 * s),
             translate_percent=(-0.1 * s, 0.1 * s),

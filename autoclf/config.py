@@ -30,6 +30,7 @@ class TrainParams:
     dropout: float = 0.0
     drop_path: float = 0.0
     aug_strength: float = 0.0
+    hflip: bool = True  # horizontal flips among the augmentations (off for text, digits, …)
     scheduler: str = "cosine"
     warmup_epochs: float = 0.0
     epochs: int = 10

@@ -32,7 +32,7 @@ from autoclf.config import FinalizeConfig, TrainParams
 from autoclf.data import build_cache
 from autoclf.ensemble import rank_key, select_greedy, select_top_k, vote
 from autoclf.errors import AutoclfError
-from autoclf.inference import VIEWS, Preprocess, predict_views
+from autoclf.inference import VIEWS, Preprocess, View, predict_views, views_for
 from autoclf.metrics import Metric, get_metric
 from autoclf.models import load_trained
 from autoclf.predict import PredictResult, predict, write_predictions
@@ -111,8 +111,9 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
     plain, tta = [], []
     for trial, weight in zip(chosen, selection.weights, strict=True):
         params = TrainParams.from_dict(trial.user_attrs["config"])
+        views = views_for(params.hflip)[:n_views]
         oof_views = _fold_oof(
-            trial.number, params, files, cache.images, n_views, device, config, on_step
+            trial.number, params, files, cache.images, views, device, config, on_step
         )
         kept = _choose_views(config.tta, oof_views, labels, metric)
         plain.append(oof_views[0])
@@ -125,7 +126,7 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
                 cv_value=float(trial.value),
                 oof=metric(labels, oof_views[0]),
                 oof_tta=metric(labels, tta[-1]),
-                views=[v.name for v in VIEWS[:kept]],
+                views=[v.name for v in views[:kept]],
             )
         )
 
@@ -229,19 +230,19 @@ def _fold_oof(
     params: TrainParams,
     files: StudyFiles,
     images: np.ndarray,
-    n_views: int,
+    views: tuple[View, ...],
     device: torch.device,
     config: FinalizeConfig,
     on_step: StepFn,
 ) -> np.ndarray:
-    """OOF probabilities of every view, (n_views, images, classes), from retrained fold models."""
+    """OOF probabilities of every view, (views, images, classes), from retrained fold models."""
     member_dir = files.dir / "final" / "members" / str(number)
-    oof_path = member_dir / f"oof_views{n_views}.npy"
+    oof_path = member_dir / f"oof_views{len(views)}.npy"
     if oof_path.is_file():
         return np.load(oof_path)
     labels, n_classes = files.index.label_array, len(files.index.classes)
     preprocess = Preprocess(params.backbone, size=params.image_size, device=device)
-    oof = np.zeros((n_views, len(labels), n_classes), dtype=np.float32)
+    oof = np.zeros((len(views), len(labels), n_classes), dtype=np.float32)
     for fold in range(files.n_folds):
         val_idx = np.flatnonzero(files.folds == fold)
         weights_path = member_dir / f"fold{fold}.pt"
@@ -270,7 +271,7 @@ def _fold_oof(
             images,
             indices=val_idx,
             preprocess=preprocess,
-            views=VIEWS[:n_views],
+            views=views,
             amp=params.amp,
         )
     atomic.save_npy(oof_path, oof)

@@ -140,7 +140,9 @@ def fit(
         images,
         labels,
         train_idx,
-        train_transform(strength=params.aug_strength, size=params.image_size, seed=seed),
+        train_transform(
+            strength=params.aug_strength, size=params.image_size, hflip=params.hflip, seed=seed
+        ),
     )
     # Dropping the ragged last batch keeps BatchNorm away from a batch of one.
     drop_last = len(train_idx) > params.batch_size

@@ -4,7 +4,14 @@ import numpy as np
 import torch
 
 from autoclf.config import TrainParams
-from autoclf.inference import VIEWS, VIEWS_BY_NAME, Preprocess, apply_views, predict_views
+from autoclf.inference import (
+    VIEWS,
+    VIEWS_BY_NAME,
+    Preprocess,
+    apply_views,
+    predict_views,
+    views_for,
+)
 from autoclf.models import create_model
 
 CPU = torch.device("cpu")
@@ -50,3 +57,10 @@ def test_predict_views_shapes_and_batching_do_not_change_results():
     assert np.allclose(big, small, atol=1e-5)
     rows = predict_views(model, images, preprocess=pre, indices=np.array([7, 2]))
     assert np.allclose(rows[0], big[0][[7, 2]], atol=1e-5)
+
+
+def test_a_model_trained_without_flips_is_not_shown_flipped_views():
+    assert views_for(True) == VIEWS
+    unflipped = views_for(False)
+    assert unflipped[0] == VIEWS[0] and len(unflipped) >= 2
+    assert not any(v.flip for v in unflipped)

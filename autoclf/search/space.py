@@ -233,6 +233,7 @@ RULES: dict[str, tuple[type, Check | None]] = {
     "dropout": (float, _range(0, 1, hi_open=True)),
     "drop_path": (float, _range(0, 1, hi_open=True)),
     "aug_strength": (float, _range(0, 1)),
+    "hflip": (bool, None),
     "scheduler": (str, _one_of(SCHEDULERS)),
     "warmup_epochs": (float, _range(0, INF)),
     "epochs": (int, _range(1, INF)),

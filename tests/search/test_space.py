@@ -39,6 +39,7 @@ def test_shipped_spaces_load_and_cover_the_issue_list():
         ):
             assert key in space.params, f"{name}.yaml lacks {key}"
     assert not load_space("tiny").may_use_pretrained
+    assert load_space("tiny").params["hflip"].choices == (True, False)
     assert load_space("default").may_use_pretrained
     assert len(load_space("default").backbones) >= 3
 
