@@ -33,20 +33,19 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Pruner sections as a search space writes them.
 CANDIDATES: list[dict] = [
-    {"name": "median", "n_startup_trials": 3, "n_warmup_steps": 4},  # tiny's until 2026-11
-    {"name": "median", "n_startup_trials": 3, "n_warmup_steps": 2},
+    {"name": "median", "n_startup_trials": 3, "n_warmup_steps": 4},  # tiny's first pruner
     *(
         {"name": "percentile", "percentile": pct, "n_startup_trials": s, "n_warmup_steps": w}
-        for pct in (33.0, 25.0, 20.0)
+        for pct in (25.0, 20.0, 15.0, 10.0)
         for s in (2, 3)
-        for w in (1, 2, 3, 4)
+        for w in (3, 4, 5, 6)
     ),
     *(
         {"name": "successive_halving", "min_resource": r, "reduction_factor": rf}
-        for r in (1, 2, 3)
+        for r in (3, 4, 5, 6)
         for rf in (3, 4)
     ),
-    {"name": "hyperband", "min_resource": 1, "reduction_factor": 3},
+    *({"name": "hyperband", "min_resource": r, "reduction_factor": 3} for r in (3, 5)),
 ]
 
 
