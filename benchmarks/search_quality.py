@@ -3,8 +3,8 @@
 For each dataset and seed, four ways to spend the compute, each followed by
 ``autoclf finalize`` with the same options and scored on held-out test images:
 
+- **random**: the ``tiny`` space, random sampling, no pruning;
 - **defaults**: the ``tiny`` space exactly as shipped (its TPE sampler and its pruner);
-- **random**: the same space, random sampling, no pruning;
 - **random+pruner**: random sampling with the shipped pruner;
 - **fixed recipe**: one sensible configuration (the middle of the space, the most common
   choices), no search: trained for as many epochs as the defaults spent on the same seed.
@@ -19,6 +19,8 @@ process with an equal share of the cores.
 
     python benchmarks/search_quality.py            # the table in benchmarks/README.md
     python benchmarks/search_quality.py --datasets digits --seeds 0 --trials 4   # a look
+    python benchmarks/search_quality.py --methods random   # only the unpruned studies, which
+                                                           # pruner_replay.py replays
 
 Finished runs are kept under ``--work`` (one ``record.json`` each) and not run again, so an
 interrupted benchmark goes on where it stopped; ``--fresh`` starts over.
@@ -269,6 +271,8 @@ def main() -> None:
     )
     parser.add_argument("--fresh", action="store_true", help="forget earlier runs under --work")
     args = parser.parse_args()
+    if "fixed recipe" in args.methods and "defaults" not in args.methods:
+        parser.error("the fixed recipe's budget is what the defaults spent: add --methods defaults")
 
     if args.fresh:
         shutil.rmtree(args.work, ignore_errors=True)
