@@ -41,15 +41,13 @@ VIEWS: tuple[View, ...] = (
     View("hflip+shift-", flip=True, shift=(-0.06, 0.06)),
 )
 VIEWS_BY_NAME = {v.name: v for v in VIEWS}
+IDENTITY = (VIEWS[0],)
 
 
 def views_for(hflip: bool) -> tuple[View, ...]:
     """The views to try, in order, for a model trained with or without horizontal flips: a
     model that never saw a mirrored image is not shown one."""
     return VIEWS if hflip else tuple(v for v in VIEWS if not v.flip)
-
-
-IDENTITY = (VIEWS[0],)
 
 
 def apply_views(x: torch.Tensor, views: Sequence[View]) -> torch.Tensor:
