@@ -9,6 +9,9 @@ SCHEDULERS = ("cosine", "onecycle", "step", "plateau", "constant")
 # Class imbalance: none; weights (the loss weighs each class by n / (classes * n_class));
 # sampler (batches drawn with replacement, each class equally likely).
 BALANCE = ("none", "weights", "sampler")
+# Which epoch's model a fold keeps and is scored by: its best on the validation fold, or the
+# last. "best" picks the epoch on the same images it then reports, which flatters long runs.
+KEEP = ("best", "last")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +41,7 @@ class TrainParams:
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
     patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
+    keep: str = "best"  # one of KEEP: the epoch whose weights, score and OOF a fold keeps
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
     balance: str = "none"  # one of BALANCE
 

@@ -46,12 +46,14 @@ class EpochReport:
 
 @dataclass
 class FitResult:
-    best_epoch: int  # the epoch whose validation score and probabilities are kept
+    # The epoch whose weights, validation score and probabilities are kept: the best one, or
+    # with ``params.keep == "last"`` the last one trained.
+    best_epoch: int
     best_score: float | None
     val_probs: np.ndarray | None  # (len(val_idx), num_classes), float32, at best_epoch
     epochs_run: int
     history: list[EpochReport] = field(default_factory=list)
-    state_dict: dict[str, torch.Tensor] | None = None  # best weights, on the CPU, if asked for
+    state_dict: dict[str, torch.Tensor] | None = None  # kept weights, on the CPU, if asked for
 
 
 class CachedImages(Dataset):
@@ -174,6 +176,8 @@ def fit(
     val_batch = 256 if micro_batch is None else min(256, micro_batch)
 
     result = FitResult(best_epoch=0, best_score=None, val_probs=None, epochs_run=0)
+    best_score, best_epoch = None, 0  # the best so far, whatever params.keep keeps
+    keep_last = params.keep == "last" or val_idx is None
     timer = _Timer(device)
     for epoch in range(1, params.epochs + 1):
         timer.start()
@@ -206,7 +210,7 @@ def fit(
             schedule.step()
         train_loss = loss_sum.item() / max(1, len(train_loader))
 
-        score = None
+        score, probs = None, None
         improved = val_idx is None
         if val_idx is not None:
             probs = predict_views(
@@ -218,27 +222,31 @@ def fit(
                 amp=params.amp,
             )[0]
             score = metric(labels[val_idx], probs)
-            improved = result.best_score is None or metric.better(score, result.best_score)
-            if improved:
-                result.best_score, result.val_probs = score, probs
+            improved = best_score is None or metric.better(score, best_score)
         if improved:
-            result.best_epoch = epoch
-            if keep_weights:
-                result.state_dict = {
-                    k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
-                }
+            best_score, best_epoch = score, epoch
+        if improved or keep_last:
+            result.best_epoch, result.best_score, result.val_probs = epoch, score, probs
+            if keep_weights and not keep_last:
+                result.state_dict = _cpu_copy(model)
         schedule.epoch_end(improved=improved)
         result.epochs_run = epoch
 
         report = EpochReport(
-            epoch, params.epochs, train_loss, score, result.best_score, schedule.lr, timer.stop()
+            epoch, params.epochs, train_loss, score, best_score, schedule.lr, timer.stop()
         )
         result.history.append(report)
         if on_epoch is not None:
             on_epoch(report)
-        if params.patience and val_idx is not None and epoch - result.best_epoch >= params.patience:
+        if params.patience and val_idx is not None and epoch - best_epoch >= params.patience:
             break
+    if keep_weights and keep_last:  # once, not every epoch
+        result.state_dict = _cpu_copy(model)
     return result
+
+
+def _cpu_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def release_memory(device: torch.device) -> None:

@@ -93,6 +93,23 @@ def test_early_stopping_keeps_best_epoch(digits):
     assert best.epoch == result.best_epoch and best.score == result.best_score
 
 
+def test_keep_last_scores_the_last_epoch_not_the_best(digits):
+    seen = []
+    result = _fit(digits, keep="last", keep_weights=True, on_epoch=seen.append)
+    assert result.best_epoch == 4 and result.best_score == seen[-1].score
+    assert [r.best_score for r in seen] == list(np.maximum.accumulate([r.score for r in seen]))
+    best = _fit(digits, keep_weights=True)  # same seed, so the same four epochs
+    assert [r.score for r in best.history] == [r.score for r in seen]
+    assert np.array_equal(best.val_probs, result.val_probs) == (best.best_epoch == 4)
+    # The kept weights are the last epoch's: they give back its validation probabilities.
+    model = models.create_model(TrainParams(backbone="test_efficientnet"), num_classes=10)
+    model.load_state_dict(result.state_dict)
+    images, _, folds = digits
+    pre = trainer.Preprocess("test_efficientnet", size=16, device=torch.device("cpu"))
+    probs = trainer.predict_views(model, images, indices=np.flatnonzero(folds == 0), preprocess=pre)
+    assert np.allclose(probs[0], result.val_probs, atol=1e-5)
+
+
 def test_non_finite_loss_stops_within_a_step(digits):
     with pytest.raises(NonFiniteLossError, match="epoch 1"):
         _fit(

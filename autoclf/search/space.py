@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 import yaml
 
-from autoclf.config import BALANCE, SCHEDULERS, TrainParams
+from autoclf.config import BALANCE, KEEP, SCHEDULERS, TrainParams
 from autoclf.errors import SpaceError
 
 TOP_LEVEL_KEYS = ("description", "params", "sampler", "pruner")
@@ -187,6 +187,11 @@ def parse_space(text: str, *, name: str = "space", where: str = "<space>") -> Se
             f"{where}: optimizer 'sgd' is SGD with Nesterov momentum, which needs momentum > 0; "
             "raise params.momentum or use optimizer 'momentum' (plain SGD)"
         )
+    if "last" in space.possible("keep") and max(space.possible("patience")) > 0:
+        raise SpaceError(
+            f"{where}: params.patience stops a fold at its best epoch, but params.keep = 'last' "
+            "keeps the last one; set patience to 0 or keep to 'best'"
+        )
     return space
 
 
@@ -241,6 +246,7 @@ RULES: dict[str, tuple[type, Check | None]] = {
     "label_smoothing": (float, _range(0, 1, hi_open=True)),
     "grad_clip": (float, _range(0, INF)),
     "patience": (int, _range(0, INF)),
+    "keep": (str, _one_of(KEEP)),
     "amp": (bool, None),
     "balance": (str, _one_of(BALANCE)),
 }

@@ -108,6 +108,11 @@ def test_suggest_fills_fixed_values_and_defaults():
             "  optimizer: sgd\n  momentum: {type: float, low: 0.0, high: 0.9}\n",
             r"'sgd' .* needs momentum > 0",
         ),
+        ("  keep: final\n", r"params.keep = 'final' must be one of .*last"),
+        (
+            "  keep: {type: categorical, choices: [best, last]}\n  patience: 3\n",
+            r"params.patience stops a fold at its best epoch, but params.keep = 'last'",
+        ),
     ],
 )
 def test_bad_params_name_key_and_value(change, message):
