@@ -14,8 +14,8 @@ compute pruning left: the issue's target is at most 0.35, at a best CV score wit
 standard deviation (over seeds) of random search without pruning. Each row also has the
 finalized model's out-of-fold score ("final OOF": every training image, so less noisy than
 the test score). Every run goes through autoclf's own code (``prepare``, ``run``,
-``finalize``) on the CPU; ``--jobs`` (dataset, seed) pairs run at once, each in its own
-process with an equal share of the cores.
+``finalize``) on the CPU; ``--jobs`` runs at once, each in its own process with an equal
+share of the cores, the longest first.
 
     python benchmarks/search_quality.py            # the table in benchmarks/README.md
     python benchmarks/search_quality.py --datasets digits --seeds 0 --trials 4   # a look
@@ -37,7 +37,7 @@ import shutil
 import statistics
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import optuna
@@ -213,34 +213,64 @@ def yes(ok: bool) -> str:
     return "**yes**" if ok else "**no**"
 
 
-def run_group(dataset: str, seed: int, args: argparse.Namespace, base: dict) -> list[dict]:
-    """The four methods on one (dataset, seed), in order: the recipe's budget is what the
-    defaults spent."""
+def run_task(
+    dataset: str, seed: int, method: str, args: argparse.Namespace, base: dict, budget: int | None
+) -> dict:
+    """One (dataset, seed, method) in a pool process, on its share of the cores."""
     quiet()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
-    done: dict[str, dict] = {}
-    for method in (m for m in METHODS if m in args.methods):
-        budget = None
-        if method == "fixed recipe":  # the defaults' epochs, over the recipe's folds
-            budget = max(1, round(done["defaults"]["epochs"] / args.folds))
-        done[method] = record = run_one(
-            args.work,
-            dataset,
-            method,
-            seed,
-            base=base,
-            trials=args.trials,
-            folds=args.folds,
-            top_k=args.top_k,
-            recipe_epochs=budget,
-        )
-        print(
-            f"{dataset} seed {seed} {method}: best CV {record['best_cv']:.4f}, "
-            f"test {record['test']:.4f}, {record['epochs']} epochs, "
-            f"{record['search_s'] + record['finalize_s']:.0f} s",
-            flush=True,
-        )
-    return list(done.values())
+    return run_one(
+        args.work,
+        dataset,
+        method,
+        seed,
+        base=base,
+        trials=args.trials,
+        folds=args.folds,
+        top_k=args.top_k,
+        recipe_epochs=budget,
+    )
+
+
+def run_all(args: argparse.Namespace, base: dict) -> list[dict]:
+    """Every (dataset, seed, method), ``args.jobs`` at a time, the longest first: digits before
+    hymenoptera, unpruned searches before pruned ones, and each fixed recipe (sized by the
+    defaults' epochs) as soon as its defaults have finished."""
+    queue = [
+        (d, s, m)
+        for d in args.datasets
+        for m in METHODS
+        if m in args.methods and m != "fixed recipe"
+        for s in args.seeds
+    ]
+    budgets: dict[tuple[str, int], int] = {}  # the recipe's epochs per fold
+    records = []
+    with ProcessPoolExecutor(
+        args.jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        # A run left behind by a killed benchmark would write into the studies of the next.
+        initializer=die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
+        running: dict[Future, tuple[str, int, str]] = {}
+        while queue or running:
+            while queue and len(running) < args.jobs:
+                d, s, m = task = queue.pop(0)
+                running[pool.submit(run_task, d, s, m, args, base, budgets.get((d, s)))] = task
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                dataset, seed, method = running.pop(future)
+                records.append(record := future.result())
+                print(
+                    f"{dataset} seed {seed} {method}: best CV {record['best_cv']:.4f}, "
+                    f"test {record['test']:.4f}, {record['epochs']} epochs, "
+                    f"{record['search_s'] + record['finalize_s']:.0f} s",
+                    flush=True,
+                )
+                if method == "defaults" and "fixed recipe" in args.methods:
+                    budgets[dataset, seed] = max(1, round(record["epochs"] / args.folds))
+                    queue.insert(0, (dataset, seed, "fixed recipe"))
+    return records
 
 
 def quiet() -> None:
@@ -264,7 +294,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=3, help="finalize --top-k, for every method")
     parser.add_argument("--space", default="tiny", help="the space whose defaults are measured")
     parser.add_argument(
-        "--jobs", type=int, default=2, help="(dataset, seed) pairs run at once, sharing the cores"
+        "--jobs", type=int, default=2, help="runs at once, sharing the cores equally"
     )
     parser.add_argument(
         "--work", type=Path, default=REPO / "benchmarks" / "runs" / "search_quality"
@@ -278,17 +308,8 @@ def main() -> None:
         shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load(resolve_space_path(args.space).read_text())
-    groups = [(d, s) for d in args.datasets for s in args.seeds]
     start = time.perf_counter()
-    with ProcessPoolExecutor(
-        args.jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        # A run left behind by a killed benchmark would write into the studies of the next.
-        initializer=die_with_parent,
-        initargs=(os.getpid(),),
-    ) as pool:
-        futures = [pool.submit(run_group, d, s, args, base) for d, s in groups]
-        records = [r for f in futures for r in f.result()]
+    records = run_all(args, base)
     print(f"\n{(time.perf_counter() - start) / 60:.0f} minutes with --jobs {args.jobs}\n")
     if set(args.methods) < set(METHODS):
         return  # the table compares all four
