@@ -143,9 +143,10 @@ def test_resume_counts_finished_trials_and_keeps_folds(searched):
     assert out.returncode == 0, out.stderr
     assert "resumed with 3 finished trial(s)" in out.stdout
     # --verbose: every epoch of the new trial stays on the screen (the tiny space's pruner
-    # checks nothing before a trial's fifth epoch).
-    epochs = load_space("tiny").max_epochs
-    assert out.stdout.count("trial 3: fold ") >= 5
+    # checks nothing before a trial's n_warmup_steps-th epoch).
+    tiny = load_space("tiny")
+    epochs, warmup = tiny.max_epochs, tiny.pruner["n_warmup_steps"]
+    assert warmup >= 2 and out.stdout.count("trial 3: fold ") >= warmup
     assert f"trial 3: fold 1/2  epoch 1/{epochs}" in out.stdout
     study = optuna.load_study(study_name=STUDY, storage=url)
     assert len(study.trials) == 4
