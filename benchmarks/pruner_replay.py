@@ -38,8 +38,8 @@ CANDIDATES: list[dict] = [
     *(
         {"name": "percentile", "percentile": pct, "n_startup_trials": s, "n_warmup_steps": w}
         for pct in (25.0, 10.0, 5.0)
-        for s in (2, 4)
-        for w in (2, 3, 5)
+        for s in (2, 3, 4)
+        for w in (2, 3, 4, 5)
     ),
     *(
         {"name": "successive_halving", "min_resource": r, "reduction_factor": rf}
