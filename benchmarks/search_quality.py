@@ -131,7 +131,14 @@ def run_one(
     finished = [t for t in study_obj.get_trials(deepcopy=False) if t.state.is_finished()]
     start = time.perf_counter()
     result = finalize(
-        FinalizeConfig(study=study, studies_dir=str(work), top_k=top_k, test=test, device="cpu")
+        FinalizeConfig(
+            study=study,
+            studies_dir=str(work),
+            top_k=top_k,
+            test=test,
+            device="cpu",
+            refit="folds",  # the fold models finalize trains anyway; no retraining on all data
+        )
     )
     record = {
         "dataset": dataset,
