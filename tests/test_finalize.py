@@ -14,6 +14,7 @@ import pytest
 
 from autoclf.config import FinalizeConfig, SearchConfig
 from autoclf.finalize import finalize
+from autoclf.inference import views_for
 from autoclf.metrics import get_metric
 from autoclf.search import prepare, run
 
@@ -256,3 +257,36 @@ def test_a_single_member_that_beats_the_ensemble_is_the_final_model(studies, mon
     assert [m["trial"] for m in manifest["members"]] == [0]
     assert manifest["vote"] == "soft" and manifest["members"][0]["weight"] == 1.0
     assert summary["oof"]["ensemble"] == 1.0 and "alone beat the ensemble" in summary["notes"][0]
+
+
+def test_a_member_that_keeps_last_epochs_and_never_flipped(tmp_path):
+    """keep: last and hflip: false carry through finalize: the fold models it trains again keep
+    their last epochs and score what the trial scored, the member is refit for every epoch,
+    and it is shown no mirrored view."""
+    space = SPACE.replace("epochs: 2", "epochs: 3\n  keep: last\n  hflip: false")
+    (tmp_path / "space.yaml").write_text(space)
+    config = SearchConfig(
+        data="digits",
+        study="s",
+        space=str(tmp_path / "space.yaml"),
+        folds=2,
+        trials=1,
+        studies_dir=str(tmp_path / "studies"),
+    )
+    prepared = prepare(config)
+    prepared.study.enqueue_trial({"backbone": "test_resnet", "lr": 0.01})
+    trial = run(prepared).trials[0]
+    assert trial.user_attrs["fold_best_epochs"] == [3, 3]
+
+    _, summary, _ = _finalize(tmp_path / "studies", top_k=1, tta="auto")
+    (member,) = summary["members"]
+    assert member["refit_epochs"] == 3
+    no_flip = [v.name for v in views_for(False)]
+    assert len(no_flip) == 4 and member["views"] == no_flip[: len(member["views"])]
+    studies = tmp_path / "studies" / "s"
+    member_dir = studies / "final" / "members" / str(trial.number)
+    oof_views = np.load(member_dir / "oof_views4.npy")  # the flipped views were never tried
+    search_oof = np.load(studies / trial.user_attrs["oof_path"])
+    assert np.allclose(oof_views[0], search_oof, atol=1e-5)
+    for fold in (0, 1):
+        assert json.loads((member_dir / f"fold{fold}.json").read_text())["best_epoch"] == 3
