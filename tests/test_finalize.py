@@ -31,27 +31,36 @@ pruner: {name: none}
 ACC = get_metric("accuracy")
 
 
-@pytest.fixture(scope="module")
-def searched(tmp_path_factory) -> Path:
-    """A finished 3-trial, 2-fold digits search; tests copy it so each finalizes afresh."""
-    root = tmp_path_factory.mktemp("search")
-    (root / "space.yaml").write_text(SPACE)
+def _search(root: Path, space: str, trials: list[dict]):
+    """A finished 2-fold digits search under ``root/studies``, running exactly ``trials``."""
+    (root / "space.yaml").write_text(space)
     config = SearchConfig(
         data="digits",
         study="s",
         space=str(root / "space.yaml"),
         folds=2,
-        trials=3,
+        trials=len(trials),
         studies_dir=str(root / "studies"),
     )
     prepared = prepare(config)
-    for backbone, lr in (
-        ("test_efficientnet", 0.01),
-        ("test_resnet", 0.01),
-        ("test_efficientnet", 0.005),
-    ):
-        prepared.study.enqueue_trial({"backbone": backbone, "lr": lr})
-    run(prepared)
+    for params in trials:
+        prepared.study.enqueue_trial(params)
+    return run(prepared)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> Path:
+    """A finished 3-trial, 2-fold digits search; tests copy it so each finalizes afresh."""
+    root = tmp_path_factory.mktemp("search")
+    _search(
+        root,
+        SPACE,
+        [
+            {"backbone": "test_efficientnet", "lr": 0.01},
+            {"backbone": "test_resnet", "lr": 0.01},
+            {"backbone": "test_efficientnet", "lr": 0.005},
+        ],
+    )
     return root / "studies"
 
 
@@ -264,18 +273,7 @@ def test_a_member_that_keeps_last_epochs_and_never_flipped(tmp_path):
     their last epochs and score what the trial scored, the member is refit for every epoch,
     and it is shown no mirrored view."""
     space = SPACE.replace("epochs: 2", "epochs: 3\n  keep: last\n  hflip: false")
-    (tmp_path / "space.yaml").write_text(space)
-    config = SearchConfig(
-        data="digits",
-        study="s",
-        space=str(tmp_path / "space.yaml"),
-        folds=2,
-        trials=1,
-        studies_dir=str(tmp_path / "studies"),
-    )
-    prepared = prepare(config)
-    prepared.study.enqueue_trial({"backbone": "test_resnet", "lr": 0.01})
-    trial = run(prepared).trials[0]
+    (trial,) = _search(tmp_path, space, [{"backbone": "test_resnet", "lr": 0.01}]).trials
     assert trial.user_attrs["fold_best_epochs"] == [3, 3]
 
     _, summary, _ = _finalize(tmp_path / "studies", top_k=1, tta="auto")
