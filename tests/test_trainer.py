@@ -94,13 +94,17 @@ def test_early_stopping_keeps_best_epoch(digits):
 
 
 def test_keep_last_scores_the_last_epoch_not_the_best(digits):
+    # With no learning to speak of, the score wanders (BatchNorm statistics still move), and
+    # the best of the four epochs is not the last.
+    stalled = {"lr": 1e-12, "scheduler": "constant", "warmup_epochs": 0}
+    best = _fit(digits, **stalled)
+    assert best.best_epoch < 4
     seen = []
-    result = _fit(digits, keep="last", keep_weights=True, on_epoch=seen.append)
-    assert result.best_epoch == 4 and result.best_score == seen[-1].score
-    assert [r.best_score for r in seen] == list(np.maximum.accumulate([r.score for r in seen]))
-    best = _fit(digits, keep_weights=True)  # same seed, so the same four epochs
-    assert [r.score for r in best.history] == [r.score for r in seen]
-    assert np.array_equal(best.val_probs, result.val_probs) == (best.best_epoch == 4)
+    result = _fit(digits, keep="last", keep_weights=True, on_epoch=seen.append, **stalled)
+    assert [r.score for r in seen] == [r.score for r in best.history]  # the same four epochs
+    assert result.best_epoch == 4 and result.best_score == seen[-1].score != best.best_score
+    assert seen[-1].best_score == best.best_score  # the report still shows the best so far
+    assert not np.array_equal(result.val_probs, best.val_probs)
     # The kept weights are the last epoch's: they give back its validation probabilities.
     model = models.create_model(TrainParams(backbone="test_efficientnet"), num_classes=10)
     model.load_state_dict(result.state_dict)
