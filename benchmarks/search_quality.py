@@ -243,14 +243,14 @@ def run_all(args: argparse.Namespace, base: dict) -> list[dict]:
     """Every (dataset, seed, method), ``args.jobs`` at a time, the longest first: digits before
     hymenoptera, unpruned searches before pruned ones, and each fixed recipe (sized by the
     defaults' epochs) as soon as its defaults have finished."""
-    queue = [
-        (d, s, m)
+    # (dataset, seed, method, the recipe's epochs per fold or None)
+    queue: list[tuple[str, int, str, int | None]] = [
+        (d, s, m, None)
         for d in args.datasets
         for m in METHODS
         if m in args.methods and m != "fixed recipe"
         for s in args.seeds
     ]
-    budgets: dict[tuple[str, int], int] = {}  # the recipe's epochs per fold
     records = []
     with ProcessPoolExecutor(
         args.jobs,
@@ -262,8 +262,8 @@ def run_all(args: argparse.Namespace, base: dict) -> list[dict]:
         running: dict[Future, tuple[str, int, str]] = {}
         while queue or running:
             while queue and len(running) < args.jobs:
-                d, s, m = task = queue.pop(0)
-                running[pool.submit(run_task, d, s, m, args, base, budgets.get((d, s)))] = task
+                d, s, m, budget = queue.pop(0)
+                running[pool.submit(run_task, d, s, m, args, base, budget)] = (d, s, m)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 dataset, seed, method = running.pop(future)
@@ -275,8 +275,8 @@ def run_all(args: argparse.Namespace, base: dict) -> list[dict]:
                     flush=True,
                 )
                 if method == "defaults" and "fixed recipe" in args.methods:
-                    budgets[dataset, seed] = max(1, round(record["epochs"] / args.folds))
-                    queue.insert(0, (dataset, seed, "fixed recipe"))
+                    budget = max(1, round(record["epochs"] / args.folds))
+                    queue.insert(0, (dataset, seed, "fixed recipe", budget))
     return records
 
 
