@@ -151,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--timeout", type=float, default=None, help="stop starting trials after this many seconds"
     )
+    search.add_argument(
+        "--epoch-budget",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="train at most N epochs in total, over every fold of every trial (pruned ones "
+        "included); a trial starts only while a whole one still fits",
+    )
     search.add_argument("--folds", type=int, default=5, help="K for stratified K-fold (default 5)")
     search.add_argument(
         "--seed", type=int, default=0, help="seed for folds, sampler and training (default 0)"
@@ -500,6 +508,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         metric=args.metric,
         trials=args.trials,
         timeout=args.timeout,
+        epoch_budget=args.epoch_budget,
         storage=args.storage,
         studies_dir=args.studies_dir,
         device=slots[0].device,
@@ -521,10 +530,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         _print_study(prepared, chosen=args.metric == AUTO)
         config, study = prepared.config, prepared.study  # the metric is resolved now
         view.metric = config.metric
-        if prepared.finished() >= config.trials:
+        if prepared.done():
             console.print(
-                f"already {prepared.finished()} finished trials "
-                f"(target --trials {config.trials}); nothing to run"
+                f"already {prepared.finished()} finished trials (target --trials "
+                f"{config.trials}{'; ' + _budget_words(prepared) if prepared.budget else ''}); "
+                "nothing to run"
             )
             console.print(leaderboard(study, config.metric))
             return 0
@@ -536,6 +546,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         with Live(view, console=console, refresh_per_second=4, transient=True):
             result = pool.run(prepared)
     console.print(leaderboard(study, config.metric))
+    if config.epoch_budget is not None:
+        console.print(_budget_words(prepared), highlight=False)
     if result.interrupted is not None:
         name = signal.Signals(result.interrupted).name
         requeued = ", ".join(f"#{n}" for n in result.interrupted_trials) or "none"
@@ -546,10 +558,17 @@ def cmd_search(args: argparse.Namespace) -> int:
             soft_wrap=True,
         )
         return 128 + result.interrupted
-    if prepared.finished() < config.trials and len(result.gave_up) == len(slots):
+    if not prepared.done() and len(result.gave_up) == len(slots):
         reasons = "; ".join(f"{w}: {why}" for w, why in result.gave_up.items())
         raise SearchFailedError(f"every worker stopped before --trials was reached ({reasons})")
     return 0
+
+
+def _budget_words(prepared) -> str:
+    """ "312 of --epoch-budget 600 epochs trained", running trials held at their full length."""
+    budget = prepared.budget
+    trials = prepared.study.get_trials(deepcopy=False)
+    return f"{budget.committed(trials)} of --epoch-budget {budget.total} epochs trained"
 
 
 def _print_duplicates(prepared) -> None:

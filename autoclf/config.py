@@ -69,6 +69,7 @@ class SearchConfig:
     metric: str = "auto"  # a name in metrics.METRICS; "auto": f1_macro if imbalanced, else accuracy
     trials: int = 20
     timeout: float | None = None
+    epoch_budget: int | None = None  # at most this many epochs over all trials (pruned included)
     storage: str | None = None
     studies_dir: str = "studies"
     device: str = "auto"  # where `run` trains in this process; worker processes use `gpus`

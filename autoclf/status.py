@@ -16,7 +16,9 @@ The search starts trials until the study holds ``target`` finished (COMPLETE or 
 trials, at most one per worker at a time, and none after ``--timeout`` (trials running then
 are finished). So:
 
-* trials still to start = max(0, target − finished − running);
+* trials still to start = max(0, target − finished − running), and with ``--epoch-budget``
+  at most the whole trials that still fit it (the workers' rule: epochs trained so far, a
+  whole trial held for each running one; see ``search.worker.EpochBudget``);
 * each of them takes the mean duration of the finished trials (pruned trials included: future
   trials are pruned about as often); with none finished yet, the mean projected duration of
   the running trials (``elapsed / progress``);
@@ -47,6 +49,7 @@ from datetime import datetime, timedelta
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autoclf.search.worker import EpochBudget
 from autoclf.study import StudyFiles
 
 STATES = (
@@ -122,8 +125,13 @@ def study_status(
         if t.state == TrialState.FAIL
     ]
     target = files.config.trials
+    to_start = max(0, target - len(finished_trials) - len(running))
+    if files.config.epoch_budget is not None:
+        budget = EpochBudget(files.config.epoch_budget, files.n_folds * files.space.max_epochs)
+        left = files.config.epoch_budget - budget.committed(trials)
+        to_start = min(to_start, max(0, left // budget.per_trial))
     eta_s, eta_basis = _estimate(
-        to_start=max(0, target - len(finished_trials) - len(running)),
+        to_start=to_start,
         running=running,
         mean_trial_s=mean_trial_s,
         parallelism=max(1, len(running), files.config.workers * _devices(files.config.gpus)),

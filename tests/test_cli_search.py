@@ -157,3 +157,21 @@ def test_resume_counts_finished_trials_and_keeps_folds(searched):
     quiet = search_digits(cwd, trials=4, folds=2, extra=("--quiet",))
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
     assert len(optuna.load_study(study_name=STUDY, storage=url).trials) == 4
+
+
+def test_epoch_budget_runs_what_fits_through_the_workers_then_nothing(searched):
+    cwd, _, url, _ = searched
+    before = optuna.load_study(study_name=STUDY, storage=url).trials
+    spent = sum(t.user_attrs["epochs_run"] for t in before)
+    whole_trial = 2 * load_space("tiny").max_epochs  # 2 folds
+    budget = spent + whole_trial  # room for one more trial; after it, none
+    out = search_digits(cwd, trials=100, folds=2, extra=("--epoch-budget", str(budget)))
+    assert out.returncode == 0, out.stderr + out.stdout
+    after = optuna.load_study(study_name=STUDY, storage=url).trials
+    assert len(after) == len(before) + 1
+    now = sum(t.user_attrs["epochs_run"] for t in after)
+    assert spent < now <= budget
+    assert f"{now} of --epoch-budget {budget} epochs trained" in out.stdout
+    again = search_digits(cwd, trials=100, folds=2, extra=("--epoch-budget", str(budget)))
+    assert again.returncode == 0 and "nothing to run" in again.stdout
+    assert len(optuna.load_study(study_name=STUDY, storage=url).trials) == len(after)

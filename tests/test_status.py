@@ -173,6 +173,21 @@ def test_counts_leaderboard_running_trials_and_eta(tmp_path, metric):
     assert status.eta_s == pytest.approx(60, abs=1)
     assert status.eta_basis == "3 running"
 
+    # --epoch-budget: only whole trials that still fit start. The three running trials hold
+    # 2 folds × 4 epochs = 8 each and the finished ones recorded no epochs: 24 + 8 leaves room
+    # for one trial (it ends at 60 s on the idle worker), 31 for none.
+
+    def budget(epochs: int):
+        return dataclasses.replace(
+            no_timeout, config=dataclasses.replace(no_timeout.config, epoch_budget=epochs)
+        )
+
+    assert study_status(budget(32), reader, now=now).eta_basis == (
+        "3 running + 1 trial left × 60 s / 4 workers"
+    )
+    assert study_status(budget(31), reader, now=now).eta_basis == "3 running"
+    assert study_status(budget(1000), reader, now=now).eta_s == pytest.approx(80, abs=1)
+
 
 def test_before_any_trial_finished_the_eta_comes_from_progress_or_is_none(tmp_path):
     files, writer, reader = make_study(tmp_path, "fresh", metric="accuracy", trials=3)

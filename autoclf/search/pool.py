@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -280,6 +280,7 @@ class Pool:
             ),
             "target": config.trials,
             "deadline": self.deadline,
+            "budget": asdict(prepared.budget) if prepared.budget else None,
             "objective": self.objective,
         }
         # The spec goes through stdin, not argv: the storage URL may hold a password.

@@ -49,7 +49,7 @@ from autoclf.search.storage import (
     mask_url,
     open_storage,
 )
-from autoclf.search.worker import FINISHED, failure_message, sampler_seed, work
+from autoclf.search.worker import FINISHED, EpochBudget, failure_message, sampler_seed, work
 from autoclf.trainer import resolve_device
 
 # Settings that define a study: resuming with any other value would mix incomparable trials.
@@ -79,6 +79,21 @@ class PreparedSearch:
     def finished(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=FINISHED))
 
+    @property
+    def budget(self) -> EpochBudget | None:
+        """``--epoch-budget`` as the workers apply it (None without one)."""
+        if self.config.epoch_budget is None:
+            return None
+        per_trial = (int(self.folds.max()) + 1) * self.space.max_epochs
+        return EpochBudget(self.config.epoch_budget, per_trial=per_trial)
+
+    def done(self) -> bool:
+        """The study holds ``--trials`` finished trials, or no further trial fits the budget."""
+        budget = self.budget
+        return self.finished() >= self.config.trials or (
+            budget is not None and not budget.room(self.study.get_trials(deepcopy=False))
+        )
+
 
 def study_dir_for(config: SearchConfig) -> Path:
     return Path(config.studies_dir).resolve() / config.study
@@ -94,6 +109,12 @@ def prepare(
         get_metric(config.metric)  # an unknown name fails before any work
     device = resolve_device(config.device)
     space = load_space(config.space)
+    per_trial = config.folds * space.max_epochs
+    if config.epoch_budget is not None and config.epoch_budget < per_trial:
+        raise AutoclfError(
+            f"--epoch-budget {config.epoch_budget} is less than one trial of {space.name}: "
+            f"{config.folds} folds × {space.max_epochs} epochs = {per_trial}"
+        )
     study_dir = study_dir_for(config)
     study_dir.mkdir(parents=True, exist_ok=True)
     index_path = study_dir / "index.csv"
@@ -192,8 +213,8 @@ def prepare(
 
 def run(prepared: PreparedSearch, *, on_event: EventFn = ignore) -> optuna.Study:
     """Run trials in this process until the study holds ``config.trials`` finished trials
-    (a resume counts the old ones). ``autoclf search`` runs the same loop in worker
-    processes instead (see ``pool.py``)."""
+    (a resume counts the old ones) or ``config.epoch_budget`` is spent. ``autoclf search``
+    runs the same loop in worker processes instead (see ``pool.py``)."""
     config, study = prepared.config, prepared.study
     objective = Objective(
         space=prepared.space,
@@ -215,6 +236,7 @@ def run(prepared: PreparedSearch, *, on_event: EventFn = ignore) -> optuna.Study
         target=config.trials,
         claim=claim_lock(prepared.storage_url, config.study),
         deadline=time.time() + config.timeout if config.timeout else None,
+        budget=prepared.budget,
         on_finished=lambda trial: on_event(TrialFinished(trial, best_or_none(study))),
         device=prepared.device,
     )

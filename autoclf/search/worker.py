@@ -1,4 +1,5 @@
-"""One worker: pull trials from the shared study until it holds ``target`` finished trials.
+"""One worker: pull trials from the shared study until it holds ``target`` finished trials
+(or its epoch budget is spent).
 
 The same loop runs in the caller's process (:func:`autoclf.search.run`) and in every worker
 process that ``autoclf search`` starts (:func:`main`, see ``pool.py``).
@@ -33,7 +34,6 @@ from autoclf.search.storage import ClaimLock, fail_stale_trials, fail_trial, ret
 from autoclf.trainer import release_memory
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-COUNTED = (TrialState.RUNNING, *FINISHED)  # trials that will count towards --trials
 MAX_CONSECUTIVE_FAILURES = 3
 POLL_S = 0.5
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -51,9 +51,33 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
 
 
+@dataclass(frozen=True)
+class EpochBudget:
+    """At most ``total`` epochs over the study's trials, where one trial trains at most
+    ``per_trial`` (folds × the space's epochs). A trial starts only while the epochs trained
+    so far, with ``per_trial`` held for every running trial, leave room for one more whole
+    trial: so the study never trains more than ``total``, with any number of workers."""
+
+    total: int
+    per_trial: int
+
+    def committed(self, trials: list[FrozenTrial]) -> int:
+        """Epochs trained by every trial that is not running (pruned and failed ones too:
+        they were compute spent), plus ``per_trial`` for each running one."""
+        return sum(
+            self.per_trial
+            if t.state == TrialState.RUNNING
+            else int(t.user_attrs.get("epochs_run", 0))
+            for t in trials
+        )
+
+    def room(self, trials: list[FrozenTrial]) -> bool:
+        return self.committed(trials) + self.per_trial <= self.total
+
+
 @dataclass
 class WorkResult:
-    why: str  # "done" (the study holds target finished trials), "timeout" or "failed"
+    why: str  # "done" (the study holds target finished trials), "budget", "timeout" or "failed"
     ran: int = 0  # trials this worker ran
     failures: list[FrozenTrial] = field(default_factory=list)  # the last consecutive FAILs
 
@@ -65,14 +89,17 @@ def work(
     target: int,
     claim: ClaimLock,
     deadline: float | None = None,
+    budget: EpochBudget | None = None,
     on_finished: Callable[[FrozenTrial], None] | None = None,
     device: torch.device | None = None,
 ) -> WorkResult:
     """Run trials until the study holds ``target`` finished (COMPLETE or PRUNED) trials, or
-    ``deadline`` (a ``time.time()``) passes, or trials keep failing.
+    ``budget`` has no room for another trial, or ``deadline`` (a ``time.time()``) passes, or
+    trials keep failing.
 
-    A worker starts a trial only while finished + running trials are fewer than ``target``,
-    and it decides that under ``claim``, so any number of workers finish exactly ``target``.
+    A worker starts a trial only while finished + running trials are fewer than ``target``
+    (and the budget has room), and it decides that under ``claim``, so any number of workers
+    finish exactly ``target``.
     """
     result = WorkResult("done")
     while True:
@@ -82,15 +109,23 @@ def work(
         claim.acquire()
         try:
             fail_stale_trials(study)  # a dead worker's trial is failed and queued again
-            counts = Counter(t.state for t in study.get_trials(deepcopy=False, states=COUNTED))
+            trials = study.get_trials(deepcopy=False)
         except BaseException:
             claim.release()
             raise
+        counts = Counter(t.state for t in trials)
         finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
         if finished >= target:
             claim.release()
             return result
-        if finished + counts[TrialState.RUNNING] >= target:
+        full = finished + counts[TrialState.RUNNING] >= target
+        if budget is not None and not budget.room(trials):
+            if not counts[TrialState.RUNNING]:
+                claim.release()
+                result.why = "budget"
+                return result
+            full = True  # a running trial may be pruned and leave room for one more
+        if full:
             claim.release()
             time.sleep(POLL_S)  # a running trial may still fail and leave room for one more
             continue
@@ -238,6 +273,7 @@ def _serve(spec: dict, attach: Callable) -> int:
         target=spec["target"],
         claim=attached.claim,
         deadline=spec["deadline"],
+        budget=EpochBudget(**spec["budget"]) if spec["budget"] else None,
         on_finished=finished,
         device=attached.device,
     )

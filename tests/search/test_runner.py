@@ -11,6 +11,7 @@ import pytest
 from autoclf.config import SearchConfig
 from autoclf.errors import AutoclfError, DataError, StudyMismatchError
 from autoclf.search import SearchFailedError, prepare, run
+from autoclf.search.worker import EpochBudget
 from tests.conftest import save_image
 
 EPOCHS = 3
@@ -166,6 +167,39 @@ def test_timeout_stops_starting_trials(config):
     timed = SearchConfig(**{**config.to_dict(), "trials": 50, "timeout": 0.1})
     study = run(prepare(timed))
     assert len(study.trials) == 1  # the first trial finishes; no second one starts
+
+
+def test_epoch_budget_is_never_exceeded_and_ends_the_search(config):
+    budgeted = SearchConfig(**{**config.to_dict(), "trials": 50, "epoch_budget": 15})
+    prepared = prepare(budgeted)
+    study = run(prepared)
+    spent = sum(t.user_attrs["epochs_run"] for t in study.trials)
+    whole_trial = 2 * EPOCHS  # 2 folds
+    # It stopped because no whole trial fitted any more, not before, and never went over.
+    assert spent <= 15 < spent + whole_trial
+    assert len(study.trials) >= 2 and prepared.done()
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+
+
+def test_epoch_budget_below_one_trial_is_refused_before_anything(config, tmp_path):
+    small = SearchConfig(**{**config.to_dict(), "epoch_budget": 5})
+    with pytest.raises(AutoclfError, match=r"--epoch-budget 5 .* 2 folds × 3 epochs = 6"):
+        prepare(small)
+    assert not (tmp_path / "studies" / "s").exists()
+
+
+def test_epoch_budget_counts_every_trial_and_holds_a_whole_trial_per_running_one():
+    study = optuna.create_study()
+    for state, epochs in (("COMPLETE", 6), ("PRUNED", 2), ("FAIL", 1)):
+        trial = study.ask()
+        trial.set_user_attr("epochs_run", epochs)
+        state = optuna.trial.TrialState[state]
+        study.tell(trial, 0.5 if state.name == "COMPLETE" else None, state=state)
+    study.ask().set_user_attr("epochs_run", 1)  # running, one epoch in
+    trials = study.get_trials(deepcopy=False)
+    assert EpochBudget(total=21, per_trial=6).committed(trials) == 6 + 2 + 1 + 6
+    assert EpochBudget(total=21, per_trial=6).room(trials)  # 15 + 6 fits exactly
+    assert not EpochBudget(total=20, per_trial=6).room(trials)
 
 
 def test_log_loss_study_minimises(config):
