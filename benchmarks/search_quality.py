@@ -9,15 +9,25 @@ For each dataset and seed, four ways to spend the compute, each followed by
 - **fixed recipe**: one sensible configuration (the middle of the space, the most common
   choices), no search: trained for as many epochs as the defaults spent on the same seed.
 
-The three searches run the same number of trials, so "epochs vs random" is the share of the
-compute pruning left: the issue's target is at most 0.35, at a best CV score within one
+Two ways to size the budget (``--budget``):
+
+- ``trials``: the three searches run the same number of trials, so "epochs vs random" is the
+  share of the compute pruning left;
+- ``epochs``: the same epochs for all four. Random search runs ``--trials`` trials unpruned;
+  the defaults and random search with the pruner run ``autoclf search --epoch-budget`` with
+  what that spends (trials × folds × epochs), so they run more, shorter trials. The first
+  ``--trials`` trials of random search with the pruner are random search's trials (the same
+  seed draws the same parameters), so the pruning figures still compare the same trials.
+
+The issue's pruning target is at most 0.35 of the epochs, at a best CV score within one
 standard deviation (over seeds) of random search without pruning. Each row also has the
 finalized model's out-of-fold score ("final OOF": every training image, so less noisy than
 the test score). Every run goes through autoclf's own code (``prepare``, ``run``,
 ``finalize``) on the CPU; ``--jobs`` runs at once, each in its own process with an equal
 share of the cores, the longest first.
 
-    python benchmarks/search_quality.py            # the table in benchmarks/README.md
+    python benchmarks/search_quality.py            # the tables in benchmarks/README.md
+    python benchmarks/search_quality.py --budget epochs
     python benchmarks/search_quality.py --datasets digits --seeds 0 --trials 4   # a look
     python benchmarks/search_quality.py --methods random   # only the unpruned studies, which
                                                            # pruner_replay.py replays
@@ -49,7 +59,7 @@ from autoclf.config import FinalizeConfig, SearchConfig
 from autoclf.finalize import finalize
 from autoclf.metrics import get_metric
 from autoclf.search import prepare, run
-from autoclf.search.space import resolve_space_path
+from autoclf.search.space import load_space, resolve_space_path
 from autoclf.search.worker import die_with_parent
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,14 +111,23 @@ def run_one(
     folds: int,
     top_k: int,
     recipe_epochs: int | None = None,
+    epoch_budget: int | None = None,
 ) -> dict:
     """Search, finalize and test one (dataset, method, seed); the record is kept in
-    ``work/<study>/record.json`` and read back instead of running again."""
-    study = f"{dataset}-{method.replace(' ', '-').replace('+', '-')}-s{seed}"
+    ``work/<study>/record.json`` and read back instead of running again.
+
+    With ``epoch_budget`` the defaults and random search with the pruner search until that
+    many epochs, however many trials that takes (random search's ``trials`` are the budget;
+    the recipe's ``recipe_epochs`` come from the defaults)."""
+    if method == "random":
+        epoch_budget = None  # the same study in both kinds of budget
+    name = method.replace(" ", "-").replace("+", "-")
+    study = f"{dataset}-{name}{f'-e{epoch_budget}' if epoch_budget else ''}-s{seed}"
     record_path = work / study / "record.json"
     if record_path.is_file():
         return json.loads(record_path.read_text())
     data, test = DATASETS[dataset]
+    recipe = method == "fixed recipe"
     space_path = work / f"{study}.yaml"
     doc = method_space(method, base, recipe_epochs=recipe_epochs)
     atomic.write_text(space_path, yaml.safe_dump(doc, sort_keys=False))
@@ -118,7 +137,9 @@ def run_one(
         space=str(space_path),
         folds=folds,
         seed=seed,
-        trials=1 if method == "fixed recipe" else trials,
+        # Each trial trains at least one epoch, so a trial count of epoch_budget never binds.
+        trials=1 if recipe else (epoch_budget or trials),
+        epoch_budget=None if recipe else epoch_budget,
         studies_dir=str(work),
         device="cpu",
         gpus="cpu",
@@ -129,6 +150,11 @@ def run_one(
     study_obj = run(prepared)
     search_s = time.perf_counter() - start
     finished = [t for t in study_obj.get_trials(deepcopy=False) if t.state.is_finished()]
+    # The first `trials` trials: with random sampling they are random search's trials, pruned
+    # or not, so pruning is measured on the same trials whatever the budget.
+    first = [t for t in finished if t.number < trials]
+    first_complete = [t.value for t in first if t.state == optuna.trial.TrialState.COMPLETE]
+    better = max if study_obj.direction == optuna.study.StudyDirection.MAXIMIZE else min
     start = time.perf_counter()
     result = finalize(
         FinalizeConfig(
@@ -148,6 +174,12 @@ def run_one(
         "trials": len(finished),
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in finished),
         "epochs": sum(int(t.user_attrs.get("epochs_run", 0)) for t in finished),
+        "epoch_budget": epoch_budget,
+        "first": {
+            "trials": len(first),
+            "epochs": sum(int(t.user_attrs.get("epochs_run", 0)) for t in first),
+            "best_cv": float(better(first_complete)) if first_complete else None,
+        },
         "best_cv": float(study_obj.best_value),
         "best_params": study_obj.best_trial.user_attrs["config"],
         "final_oof": float(result.oof_score),
@@ -176,8 +208,11 @@ def table(records: list[dict], dataset: str) -> list[str]:
     }
     random_epochs = {r["seed"]: r["epochs"] for r in by_method["random"]}
     metric = by_method["defaults"][0]["metric"]
+    budget = by_method["defaults"][0].get("epoch_budget")
+    spend = f"the same {budget} epochs" if budget else f"{by_method['random'][0]['trials']} trials"
     lines = [
-        f"**{dataset}** ({len(by_method['defaults'])} seeds, {metric}; mean ± sd over seeds)",
+        f"**{dataset}** ({len(by_method['defaults'])} seeds, {metric}, {spend} each; mean ± sd "
+        "over seeds)",
         "",
         "| method | trials (pruned) | epochs | epochs vs random | best CV | final OOF | test "
         "| minutes |",
@@ -198,22 +233,33 @@ def table(records: list[dict], dataset: str) -> list[str]:
     cv = {m: mean_sd([r["best_cv"] for r in rows]) for m, rows in by_method.items()}
     test = {m: mean_sd([r["test"] for r in rows]) for m, rows in by_method.items()}
     others = [m for m in METHODS if m != "defaults"]
-    pruned_ratio = statistics.fmean(
-        r["epochs"] / random_epochs[r["seed"]] for r in by_method["random+pruner"]
-    )
+    # Pruning on the same trials: random search's, and random search with the pruner's first
+    # as many (all of them under a trial budget).
+    same = {r["seed"]: same_trials(r) for r in by_method["random+pruner"]}
+    pruned_ratio = statistics.fmean(epochs / random_epochs[s] for s, (epochs, _) in same.items())
+    pruned_cv = statistics.fmean(cv for _, cv in same.values())
     lines += [
         "",
         "- defaults ≥ every alternative on mean best CV: "
         + yes(all(sign * cv["defaults"][0] >= sign * cv[m][0] for m in others)),
         "- defaults ≥ every alternative on mean test score: "
         + yes(all(sign * test["defaults"][0] >= sign * test[m][0] for m in others)),
-        f"- random+pruner epochs / random epochs: {pruned_ratio:.2f} (target ≤ 0.35): "
-        + yes(pruned_ratio <= 0.35),
-        f"- random+pruner best CV within one sd of random's "
-        f"({cv['random+pruner'][0]:.4f} against {cv['random'][0]:.4f} ± {cv['random'][1]:.4f}): "
-        + yes(abs(cv["random+pruner"][0] - cv["random"][0]) <= cv["random"][1]),
+        f"- random+pruner epochs / random epochs, on random's {by_method['random'][0]['trials']} "
+        f"trials: {pruned_ratio:.2f} (target ≤ 0.35): " + yes(pruned_ratio <= 0.35),
+        f"- random+pruner best CV on those trials within one sd of random's "
+        f"({pruned_cv:.4f} against {cv['random'][0]:.4f} ± {cv['random'][1]:.4f}): "
+        + yes(abs(pruned_cv - cv["random"][0]) <= cv["random"][1]),
     ]
     return lines
+
+
+def same_trials(record: dict) -> tuple[int, float]:
+    """(epochs, best CV) of a record's first trials, as many as random search ran; records
+    written before the epoch budget existed ran only those."""
+    first = record.get("first")
+    if first is None:
+        return record["epochs"], record["best_cv"]
+    return first["epochs"], first["best_cv"]
 
 
 def yes(ok: bool) -> str:
@@ -223,6 +269,7 @@ def yes(ok: bool) -> str:
 def run_task(
     dataset: str, seed: int, method: str, args: argparse.Namespace, base: dict, budget: int | None
 ) -> dict:
+    """``budget`` is the recipe's epochs per fold (None for the searches)."""
     """One (dataset, seed, method) in a pool process, on its share of the cores."""
     quiet()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
@@ -236,6 +283,7 @@ def run_task(
         folds=args.folds,
         top_k=args.top_k,
         recipe_epochs=budget,
+        epoch_budget=args.epoch_budget,
     )
 
 
@@ -296,7 +344,16 @@ def main() -> None:
         default=list(METHODS),
         help="run only these (the fixed recipe needs the defaults' epochs)",
     )
-    parser.add_argument("--trials", type=int, default=20, help="trials per search")
+    parser.add_argument(
+        "--budget",
+        choices=("trials", "epochs"),
+        default="trials",
+        help="trials: every search runs --trials trials; epochs: every method trains as many "
+        "epochs as random search's --trials unpruned trials",
+    )
+    parser.add_argument(
+        "--trials", type=int, default=20, help="trials per search (random search's, by epochs)"
+    )
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--top-k", type=int, default=3, help="finalize --top-k, for every method")
     parser.add_argument("--space", default="tiny", help="the space whose defaults are measured")
@@ -315,6 +372,9 @@ def main() -> None:
         shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load(resolve_space_path(args.space).read_text())
+    # What random search spends: its trials, unpruned, train every epoch of every fold.
+    random_epochs = args.trials * args.folds * load_space(args.space).max_epochs
+    args.epoch_budget = random_epochs if args.budget == "epochs" else None
     start = time.perf_counter()
     records = run_all(args, base)
     print(f"\n{(time.perf_counter() - start) / 60:.0f} minutes with --jobs {args.jobs}\n")
