@@ -173,11 +173,11 @@ def run_one(
         "metric": prepared.metric.name,
         "trials": len(finished),
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in finished),
-        "epochs": sum(int(t.user_attrs.get("epochs_run", 0)) for t in finished),
+        "epochs": epochs_of(finished),
         "epoch_budget": epoch_budget,
         "first": {
             "trials": len(first),
-            "epochs": sum(int(t.user_attrs.get("epochs_run", 0)) for t in first),
+            "epochs": epochs_of(first),
             "best_cv": float(better(first_complete)) if first_complete else None,
         },
         "best_cv": float(study_obj.best_value),
@@ -190,6 +190,11 @@ def run_one(
     }
     atomic.write_json(record_path, record)
     return record
+
+
+def epochs_of(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Every epoch the trials trained, pruned folds included."""
+    return sum(int(t.user_attrs.get("epochs_run", 0)) for t in trials)
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -269,8 +274,8 @@ def yes(ok: bool) -> str:
 def run_task(
     dataset: str, seed: int, method: str, args: argparse.Namespace, base: dict, budget: int | None
 ) -> dict:
-    """``budget`` is the recipe's epochs per fold (None for the searches)."""
-    """One (dataset, seed, method) in a pool process, on its share of the cores."""
+    """One (dataset, seed, method) in a pool process, on its share of the cores. ``budget``
+    is the recipe's epochs per fold (None for the searches)."""
     quiet()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
     return run_one(
