@@ -127,9 +127,7 @@ def study_status(
     target = files.config.trials
     to_start = max(0, target - len(finished_trials) - len(running))
     if files.config.epoch_budget is not None:
-        budget = EpochBudget(
-            files.config.epoch_budget, files.n_folds * files.space.max_epochs, files.n_folds
-        )
+        budget = EpochBudget(files.config.epoch_budget, files.n_folds * files.space.max_epochs)
         left = files.config.epoch_budget - budget.committed(trials)
         to_start = min(to_start, max(0, left // budget.per_trial))
     eta_s, eta_basis = _estimate(

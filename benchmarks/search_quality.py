@@ -90,8 +90,6 @@ def method_space(method: str, base: dict, *, recipe_epochs: int | None = None) -
     """The search space document one method runs: the shipped space, changed where the
     method differs."""
     doc = copy.deepcopy(base)
-    if method != "defaults":  # the final run of an epoch budget is part of autoclf's defaults
-        doc.pop("final_share", None)
     if method == "random":
         doc["sampler"], doc["pruner"] = {"name": "random"}, {"name": "none"}
     elif method == "random+pruner":

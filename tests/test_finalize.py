@@ -288,27 +288,3 @@ def test_a_member_that_keeps_last_epochs_and_never_flipped(tmp_path):
     assert np.allclose(oof_views[0], search_oof, atol=1e-5)
     for fold in (0, 1):
         assert json.loads((member_dir / f"fold{fold}.json").read_text())["best_epoch"] == 3
-
-
-def test_a_final_run_is_retrained_for_its_own_epochs(tmp_path):
-    """The final run of an epoch budget trains a trial's parameters for more epochs than the
-    space's: finalize retrains it for those, and its fold models score what it scored."""
-    (tmp_path / "space.yaml").write_text(
-        SPACE.replace("epochs: 2", "epochs: 2\n  keep: last") + "final_share: 0.5\n"
-    )
-    config = SearchConfig(
-        data="digits",
-        study="s",
-        space=str(tmp_path / "space.yaml"),
-        folds=2,
-        trials=10,
-        epoch_budget=12,  # one trial of 2 folds × 2 epochs, then a final run of 4 epochs
-        studies_dir=str(tmp_path / "studies"),
-    )
-    searched, final = run(prepare(config)).trials
-    assert final.user_attrs["final_epochs"] == 4 and final.params == searched.params
-
-    _, summary, _ = _finalize(tmp_path / "studies", top_k=2, tta="off", select="topk")
-    member = next(m for m in summary["members"] if m["trial"] == final.number)
-    assert member["refit_epochs"] == 4
-    assert member["oof"] == pytest.approx(member["cv_value"], abs=0.01)

@@ -3,8 +3,7 @@ prune, and leave the out-of-fold probabilities on disk.
 
 Pruning with K-fold: each epoch is reported at the global step ``fold * max_epochs + epoch``.
 Steps never collide across folds, and a given step means the same fold and epoch in every
-trial of the study, so the pruner compares like with like, from the first fold on. The final
-run of an epoch budget (``final_share``) trains longer than ``max_epochs`` and reports nothing.
+trial of the study, so the pruner compares like with like, from the first fold on.
 
 Out of memory: a fold that runs out of (GPU) memory is trained again with half the
 micro-batch and gradient accumulation, so the effective batch and everything else stay the
@@ -29,7 +28,6 @@ from autoclf import atomic
 from autoclf.metrics import Metric
 from autoclf.search.events import EpochDone, EventFn, TrialStarted
 from autoclf.search.space import SearchSpace
-from autoclf.search.storage import FINAL_EPOCHS, FINAL_OF
 from autoclf.search.trial_log import TrialLog
 from autoclf.trainer import EpochReport, NonFiniteLossError, fit, release_memory
 
@@ -69,18 +67,10 @@ class Objective:
         params = self.space.suggest(trial)
         if self.balance is not None:  # --balance applies to every trial, whatever the space says
             params = dataclasses.replace(params, balance=self.balance)
-        final_epochs = trial.user_attrs.get(FINAL_EPOCHS)
-        if final_epochs is not None:  # the final run: a search trial's params, trained longer
-            params = dataclasses.replace(params, epochs=int(final_epochs))
         log(
             f"trial {trial.number} on {describe_device(self.device)}"
             + (f" by worker {self.worker} (pid {os.getpid()})" if self.worker else "")
         )
-        if final_epochs is not None:
-            log(
-                f"final run: trial {trial.user_attrs[FINAL_OF]}'s configuration for "
-                f"{final_epochs} epochs per fold, not pruned"
-            )
         log(f"params: {params.to_dict()}")
         trial.set_user_attr("config", params.to_dict())
         trial.set_user_attr("device", describe_device(self.device))
@@ -108,8 +98,6 @@ class Objective:
                         f"lr {report.lr:.2e}, {report.seconds:.1f} s"
                     )
                     self.on_event(EpochDone(trial.number, fold, n_folds, report, self.worker))
-                    if final_epochs is not None:
-                        return  # its steps are not the search trials' steps: nothing to compare
                     step = fold * self.space.max_epochs + report.epoch
                     trial.report(report.score, step)
                     if trial.should_prune():

@@ -84,21 +84,14 @@ class PreparedSearch:
         """``--epoch-budget`` as the workers apply it (None without one)."""
         if self.config.epoch_budget is None:
             return None
-        folds = int(self.folds.max()) + 1
-        return EpochBudget(
-            self.config.epoch_budget,
-            per_trial=folds * self.space.max_epochs,
-            folds=folds,
-            final_share=self.space.final_share,
-        )
+        per_trial = (int(self.folds.max()) + 1) * self.space.max_epochs
+        return EpochBudget(self.config.epoch_budget, per_trial=per_trial)
 
     def done(self) -> bool:
-        """The study holds ``--trials`` finished trials, or the budget will start no trial."""
+        """The study holds ``--trials`` finished trials, or no further trial fits the budget."""
         budget = self.budget
-        maximize = self.study.direction == optuna.study.StudyDirection.MAXIMIZE
         return self.finished() >= self.config.trials or (
-            budget is not None
-            and budget.spent(self.study.get_trials(deepcopy=False), maximize=maximize)
+            budget is not None and not budget.room(self.study.get_trials(deepcopy=False))
         )
 
 

@@ -1,9 +1,8 @@
 """Search spaces: a YAML file → validated parameter specs → ``trial.suggest_*`` calls.
 
 A space file has ``params`` (each a fixed value or a ``{type: categorical|int|float, …}``
-spec), optional ``sampler`` and ``pruner`` sections, and an optional ``final_share`` of an
-epoch budget for training the best trial again. Every mistake stops with the key and value
-named, before any trial starts.
+spec) and optional ``sampler`` and ``pruner`` sections. Every mistake stops with the key and
+value named, before any trial starts.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import yaml
 from autoclf.config import BALANCE, KEEP, SCHEDULERS, TrainParams
 from autoclf.errors import SpaceError
 
-TOP_LEVEL_KEYS = ("description", "params", "sampler", "pruner", "final_share")
+TOP_LEVEL_KEYS = ("description", "params", "sampler", "pruner")
 SPEC_KEYS = {
     "categorical": {"type", "choices"},
     "int": {"type", "low", "high", "step", "log"},
@@ -86,9 +85,6 @@ class SearchSpace:
     params: dict[str, ParamSpec]
     sampler: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLER))
     pruner: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_PRUNER))
-    # With --epoch-budget: the share of the budget kept for the best configuration found,
-    # trained again for as many epochs as that share allows (worker.EpochBudget).
-    final_share: float = 0.0
 
     def suggest(self, trial: optuna.Trial) -> TrainParams:
         return TrainParams.from_dict({n: spec.suggest(trial) for n, spec in self.params.items()})
@@ -184,7 +180,6 @@ def parse_space(text: str, *, name: str = "space", where: str = "<space>") -> Se
         params=params,
         sampler=_parse_section(doc.get("sampler"), SAMPLERS, DEFAULT_SAMPLER, "sampler", where),
         pruner=_parse_section(doc.get("pruner"), PRUNERS, DEFAULT_PRUNER, "pruner", where),
-        final_share=_parse_final_share(doc.get("final_share", 0.0), where),
     )
     _check_backbones(space, where)
     if "sgd" in space.possible("optimizer") and min(space.possible("momentum")) <= 0:
@@ -198,15 +193,6 @@ def parse_space(text: str, *, name: str = "space", where: str = "<space>") -> Se
             "keeps the last one; set patience to 0 or keep to 'best'"
         )
     return space
-
-
-def _parse_final_share(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-        raise SpaceError(
-            f"{where}: final_share = {value!r} must be a number from 0 (no final run) up to, "
-            "not including, 1: the share of --epoch-budget kept to train the best trial again"
-        )
-    return float(value)
 
 
 # --- parameters -----------------------------------------------------------------------------

@@ -25,10 +25,6 @@ from optuna.trial import FrozenTrial, TrialState
 HEARTBEAT_INTERVAL_S = 60
 GRACE_FACTOR = 3  # a trial is stale after this many missed heartbeats
 MAX_RETRY = 2  # a lost trial is re-run with the same parameters at most this many times
-# A final run (``final_share`` in a space, see worker.py) is a trial with these user attributes:
-# the epochs per fold it trains, and the number of the trial whose configuration it trains.
-FINAL_EPOCHS = "final_epochs"
-FINAL_OF = "final_of"
 
 
 def default_storage_url(study_dir: Path) -> str:
@@ -99,11 +95,10 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> int | None:
 
     Used for trials whose worker died or was stopped. A trial is retried at most
     ``MAX_RETRY`` times (counting the retries of its retries); a trial with no parameters
-    yet is not copied: a fresh trial is the same thing. Nor is a final run: the worker
-    queues it again itself, sized to what the epoch budget has left then.
+    yet is not copied: a fresh trial is the same thing.
     """
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
-    if not trial.params or len(history) > MAX_RETRY or FINAL_EPOCHS in trial.user_attrs:
+    if not trial.params or len(history) > MAX_RETRY:
         return None
     study.add_trial(
         optuna.create_trial(

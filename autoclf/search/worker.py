@@ -30,14 +30,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from autoclf.search.events import EpochDone, Event, TrialStarted
-from autoclf.search.storage import (
-    FINAL_EPOCHS,
-    FINAL_OF,
-    ClaimLock,
-    fail_stale_trials,
-    fail_trial,
-    retry_trial,
-)
+from autoclf.search.storage import ClaimLock, fail_stale_trials, fail_trial, retry_trial
 from autoclf.trainer import release_memory
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -63,72 +56,23 @@ class EpochBudget:
     """At most ``total`` epochs over the study's trials, where one trial trains at most
     ``per_trial`` (folds × the space's epochs). A trial starts only while the epochs trained
     so far, with ``per_trial`` held for every running trial, leave room for one more whole
-    trial: so the study never trains more than ``total``, with any number of workers.
-
-    With a ``final_share``, the search's own trials stop at ``(1 - final_share) × total``, and
-    what is left goes to one final run: the best trial's configuration trained again, unpruned,
-    for as many epochs per fold as the budget has left (see :meth:`final_run`)."""
+    trial: so the study never trains more than ``total``, with any number of workers."""
 
     total: int
     per_trial: int
-    folds: int = 1
-    final_share: float = 0.0
 
     def committed(self, trials: list[FrozenTrial]) -> int:
         """Epochs trained by every trial that is not running (pruned and failed ones too:
-        they were compute spent), plus a whole trial for each running one."""
-        return sum(self._held(t) for t in trials)
-
-    def _held(self, trial: FrozenTrial) -> int:
-        if trial.state != TrialState.RUNNING:
-            return int(trial.user_attrs.get("epochs_run", 0))
-        if FINAL_EPOCHS in trial.user_attrs:
-            return self.folds * int(trial.user_attrs[FINAL_EPOCHS])
-        return self.per_trial
+        they were compute spent), plus ``per_trial`` for each running one."""
+        return sum(
+            self.per_trial
+            if t.state == TrialState.RUNNING
+            else int(t.user_attrs.get("epochs_run", 0))
+            for t in trials
+        )
 
     def room(self, trials: list[FrozenTrial]) -> bool:
-        """Whether one more search trial fits. (The final run is queued only once none does,
-        and what it holds or trains keeps it so.)"""
-        search_total = self.total - int(self.total * self.final_share)
-        return self.committed(trials) + self.per_trial <= search_total
-
-    def final_run(
-        self, trials: list[FrozenTrial], *, maximize: bool
-    ) -> tuple[FrozenTrial, int] | None:
-        """The final run to queue now, once the search has no room and nothing runs: the best
-        complete trial and the epochs per fold the budget leaves it. None where there is none
-        to queue: no share, a final run queued, running or done already, a trial still
-        running, no complete trial, or no more epochs left than the best trial trained. A
-        final run that failed (its worker was killed, say) is queued again, sized to what the
-        budget has left then."""
-        if not self.final_share or self.room(trials):
-            return None
-        if any(t.state == TrialState.RUNNING or _is_final(t) for t in trials):
-            return None
-        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-        if not complete:
-            return None
-        best = max(complete, key=lambda t: (t.value if maximize else -t.value, -t.number))
-        epochs = (self.total - self.committed(trials)) // self.folds
-        if epochs <= int(best.user_attrs.get("config", {}).get("epochs", 0)):
-            return None
-        return best, epochs
-
-    def spent(self, trials: list[FrozenTrial], *, maximize: bool) -> bool:
-        """No trial will start again: no room, and no final run queued or still to queue."""
-        waiting_final = any(
-            FINAL_EPOCHS in t.user_attrs and t.state == TrialState.WAITING for t in trials
-        )
-        return (
-            not self.room(trials)
-            and not waiting_final
-            and self.final_run(trials, maximize=maximize) is None
-        )
-
-
-def _is_final(trial: FrozenTrial) -> bool:
-    """A final run that has not failed."""
-    return FINAL_EPOCHS in trial.user_attrs and trial.state != TrialState.FAIL
+        return self.committed(trials) + self.per_trial <= self.total
 
 
 @dataclass
@@ -175,12 +119,7 @@ def work(
             claim.release()
             return result
         full = finished + counts[TrialState.RUNNING] >= target
-        # No room for a search trial, and no final run to start (see EpochBudget.final_run).
-        if (
-            budget is not None
-            and not budget.room(trials)
-            and not _final_run_queued(study, trials, budget)
-        ):
+        if budget is not None and not budget.room(trials):
             if not counts[TrialState.RUNNING]:
                 claim.release()
                 result.why = "budget"
@@ -203,24 +142,6 @@ def work(
         if len(result.failures) >= MAX_CONSECUTIVE_FAILURES:
             result.why = "failed"
             return result
-
-
-def _final_run_queued(study: optuna.Study, trials: list[FrozenTrial], budget: EpochBudget) -> bool:
-    """Whether a final run waits to be run, queueing it first if it is due (under the claim
-    lock, so exactly one worker queues it). Optuna runs queued trials first, so the next
-    trial this worker starts is that run; a retry queued before it (a worker killed as the
-    search ended) runs first, and may take the study over its budget by that one trial."""
-    if any(FINAL_EPOCHS in t.user_attrs and t.state == TrialState.WAITING for t in trials):
-        return True
-    due = budget.final_run(trials, maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE)
-    if due is None:
-        return False
-    best, epochs = due
-    study.enqueue_trial(
-        best.params, user_attrs={FINAL_EPOCHS: epochs, FINAL_OF: best.number}, skip_if_exists=False
-    )
-    log.info("final run: trial %d's configuration for %d epochs per fold", best.number, epochs)
-    return True
 
 
 def failure_message(failures: list[FrozenTrial]) -> str:

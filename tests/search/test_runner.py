@@ -7,12 +7,10 @@ import re
 
 import optuna
 import pytest
-from optuna.trial import TrialState
 
 from autoclf.config import SearchConfig
 from autoclf.errors import AutoclfError, DataError, StudyMismatchError
 from autoclf.search import SearchFailedError, prepare, run
-from autoclf.search.storage import FINAL_EPOCHS, FINAL_OF, retry_trial
 from autoclf.search.worker import EpochBudget
 from tests.conftest import save_image
 
@@ -202,67 +200,6 @@ def test_epoch_budget_counts_every_trial_and_holds_a_whole_trial_per_running_one
     assert EpochBudget(total=21, per_trial=6).committed(trials) == 6 + 2 + 1 + 6
     assert EpochBudget(total=21, per_trial=6).room(trials)  # 15 + 6 fits exactly
     assert not EpochBudget(total=20, per_trial=6).room(trials)
-
-
-def test_final_share_trains_the_best_trial_again_with_what_the_budget_leaves(config, tmp_path):
-    (tmp_path / "space.yaml").write_text(SPACE + "final_share: 0.5\n")
-    budgeted = SearchConfig(**{**config.to_dict(), "trials": 50, "epoch_budget": 30})
-    prepared = prepare(budgeted)
-    study = run(prepared)
-    *searched, final = study.trials
-    whole_trial = 2 * EPOCHS  # 2 folds
-    before = sum(t.user_attrs["epochs_run"] for t in searched)
-    # The search's own trials stopped once no whole trial fitted in half the budget...
-    assert before <= 15 < before + whole_trial
-    assert all(FINAL_EPOCHS not in t.user_attrs for t in searched)
-    # ...and the last trial trained the best of them again for the epochs left, unpruned.
-    best = max((t for t in searched if t.state.name == "COMPLETE"), key=lambda t: t.value)
-    epochs = (30 - before) // 2
-    assert epochs > EPOCHS and final.state.name == "COMPLETE"
-    assert final.user_attrs[FINAL_EPOCHS] == epochs and final.user_attrs[FINAL_OF] == best.number
-    assert final.params == best.params and final.user_attrs["config"]["epochs"] == epochs
-    assert final.user_attrs["epochs_run"] == 2 * epochs and not final.intermediate_values
-    assert before + 2 * epochs <= 30 and prepared.done()
-    assert run(prepared).trials == study.trials  # a resumed search has nothing left to run
-
-
-def test_final_run_waits_for_running_trials_and_a_failed_one_is_queued_again_smaller():
-    study = optuna.create_study(direction="maximize")
-    budget = EpochBudget(total=40, per_trial=6, folds=2, final_share=0.5)  # trials up to 20
-
-    def finish(value, epochs, state="COMPLETE", **attrs):
-        trial = study.ask({"lr": optuna.distributions.FloatDistribution(0.0, 1.0)})
-        for key, attr in {"epochs_run": epochs, "config": {"epochs": 3}, **attrs}.items():
-            trial.set_user_attr(key, attr)
-        study.tell(trial, value if state == "COMPLETE" else None, state=TrialState[state])
-
-    finish(0.9, 6)
-    finish(0.7, 6)
-    trials = study.get_trials(deepcopy=False)
-    assert budget.room(trials) and budget.final_run(trials, maximize=True) is None
-    running = study.ask()
-    running.set_user_attr("epochs_run", 1)
-    trials = study.get_trials(deepcopy=False)
-    assert not budget.room(trials)  # 12 + 6 held + 6 > 20
-    assert budget.final_run(trials, maximize=True) is None  # the running one may win
-    running.set_user_attr("epochs_run", 3)
-    study.tell(running, None, state=TrialState.PRUNED)  # 15 + 6 > 20: still no room
-    trials = study.get_trials(deepcopy=False)
-    best, epochs = budget.final_run(trials, maximize=True)
-    assert best.number == 0 and epochs == (40 - 15) // 2
-    assert not budget.spent(trials, maximize=True)
-
-    # A final run whose worker was killed is not retried as it was: a new one is sized to
-    # what is left now, counting what the killed one trained.
-    finish(None, 5, state="FAIL", **{FINAL_EPOCHS: epochs, FINAL_OF: 0})
-    trials = study.get_trials(deepcopy=False)
-    assert retry_trial(study, trials[-1]) is None
-    best, smaller = budget.final_run(trials, maximize=True)
-    assert best.number == 0 and smaller == (40 - 20) // 2
-    finish(0.95, 2 * smaller, **{FINAL_EPOCHS: smaller, FINAL_OF: 0})
-    trials = study.get_trials(deepcopy=False)
-    assert budget.final_run(trials, maximize=True) is None and budget.spent(trials, maximize=True)
-    assert budget.committed(trials) <= 40
 
 
 def test_log_loss_study_minimises(config):
