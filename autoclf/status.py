@@ -90,6 +90,8 @@ class StudyStatus:
     mean_trial_s: float | None  # mean duration of the finished trials
     eta_s: float | None  # seconds until the search ends; None when it cannot be estimated
     eta_basis: str  # how eta_s was reckoned, or why there is none
+    epochs_trained: int  # every epoch of every trial so far, running, pruned and failed ones too
+    epoch_budget: int | None  # --epoch-budget of the last run
 
 
 def study_status(
@@ -150,6 +152,8 @@ def study_status(
         mean_trial_s=mean_trial_s,
         eta_s=eta_s,
         eta_basis=eta_basis,
+        epochs_trained=sum(int(t.user_attrs.get("epochs_run", 0)) for t in trials),
+        epoch_budget=files.config.epoch_budget,
     )
 
 

@@ -174,4 +174,7 @@ def test_epoch_budget_runs_what_fits_through_the_workers_then_nothing(searched):
     assert f"{now} of --epoch-budget {budget} epochs trained" in out.stdout
     again = search_digits(cwd, trials=100, folds=2, extra=("--epoch-budget", str(budget)))
     assert again.returncode == 0 and "nothing to run" in again.stdout
+    status = autoclf("status", "--study", STUDY, cwd=cwd)
+    assert status.returncode == 0, status.stderr
+    assert f"epochs trained: {now} of --epoch-budget {budget}" in status.stdout
     assert len(optuna.load_study(study_name=STUDY, storage=url).trials) == len(after)

@@ -126,6 +126,7 @@ def test_counts_leaderboard_running_trials_and_eta(tmp_path, metric):
     )
     assert status.failures == [(5, "unknown (no reason recorded)"), (4, "RuntimeError: boom")]
     assert status.mean_trial_s == pytest.approx(60)  # (90 + 60 + 70 + 20) / 4; FAILs left out
+    assert (status.epochs_trained, status.epoch_budget) == (0, None)  # none recorded any
 
     ra, rb, rc = status.running
     assert [r.number for r in status.running] == [a, b, c]
@@ -187,6 +188,18 @@ def test_counts_leaderboard_running_trials_and_eta(tmp_path, metric):
     )
     assert study_status(budget(31), reader, now=now).eta_basis == "3 running"
     assert study_status(budget(1000), reader, now=now).eta_s == pytest.approx(80, abs=1)
+
+
+def test_epochs_trained_count_every_trial_against_the_budget(tmp_path):
+    files, writer, reader = make_study(tmp_path, "s", trials=9, epoch_budget=40)
+    t0 = datetime.now() - timedelta(hours=1)
+    add_finished(writer, TrialState.COMPLETE, start=t0, seconds=9, value=0.7, epochs_run=8)
+    add_finished(writer, TrialState.PRUNED, start=t0, seconds=3, epochs_run=3)
+    add_finished(writer, TrialState.FAIL, start=t0, seconds=1, epochs_run=1)
+    number = start_running(writer, epochs=4, steps={1: 0.5, 2: 0.6})
+    writer._storage.set_trial_user_attr(writer.trials[number]._trial_id, "epochs_run", 2)
+    status = study_status(files, reader)
+    assert (status.epochs_trained, status.epoch_budget) == (8 + 3 + 1 + 2, 40)
 
 
 def test_before_any_trial_finished_the_eta_comes_from_progress_or_is_none(tmp_path):
