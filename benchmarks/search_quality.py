@@ -254,7 +254,31 @@ def table(records: list[dict], dataset: str) -> list[str]:
         f"- random+pruner best CV on those trials within one sd of random's "
         f"({pruned_cv:.4f} against {cv['random'][0]:.4f} ± {cv['random'][1]:.4f}): "
         + yes(abs(pruned_cv - cv["random"][0]) <= cv["random"][1]),
+        "",
+        *paired(by_method, sign),
     ]
+    return lines
+
+
+def paired(by_method: dict[str, list[dict]], sign: int) -> list[str]:
+    """The defaults against each alternative seed by seed (same folds, same test images): the
+    mean and sd of the differences, and on how many seeds the defaults are ahead, level or
+    behind. A mean difference within about one sd of it is what another set of seeds could
+    turn around."""
+    lines = [
+        "| defaults − | best CV | seeds ahead / level / behind | test "
+        "| seeds ahead / level / behind |",
+        "|---|---|---|---|---|",
+    ]
+    defaults = {r["seed"]: r for r in by_method["defaults"]}
+    for method in METHODS[:1] + METHODS[2:]:
+        cells = []
+        for key in ("best_cv", "test"):
+            diffs = [sign * (defaults[r["seed"]][key] - r[key]) for r in by_method[method]]
+            ahead = sum(d > 1e-9 for d in diffs)
+            behind = sum(d < -1e-9 for d in diffs)
+            cells += [f"{fmt(diffs)}", f"{ahead} / {len(diffs) - ahead - behind} / {behind}"]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
 
