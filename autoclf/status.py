@@ -49,7 +49,7 @@ from datetime import datetime, timedelta
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoclf.search.worker import EpochBudget
+from autoclf.search.worker import EpochBudget, epochs_trained
 from autoclf.study import StudyFiles
 
 STATES = (
@@ -152,7 +152,7 @@ def study_status(
         mean_trial_s=mean_trial_s,
         eta_s=eta_s,
         eta_basis=eta_basis,
-        epochs_trained=sum(int(t.user_attrs.get("epochs_run", 0)) for t in trials),
+        epochs_trained=epochs_trained(trials),
         epoch_budget=files.config.epoch_budget,
     )
 

@@ -75,6 +75,11 @@ class EpochBudget:
         return self.committed(trials) + self.per_trial <= self.total
 
 
+def epochs_trained(trials: list[FrozenTrial]) -> int:
+    """Every epoch the trials trained so far, pruned and failed ones included."""
+    return sum(int(t.user_attrs.get("epochs_run", 0)) for t in trials)
+
+
 @dataclass
 class WorkResult:
     why: str  # "done" (the study holds target finished trials), "budget", "timeout" or "failed"
