@@ -64,12 +64,9 @@ class EpochBudget:
     def committed(self, trials: list[FrozenTrial]) -> int:
         """Epochs trained by every trial that is not running (pruned and failed ones too:
         they were compute spent), plus ``per_trial`` for each running one."""
-        return sum(
-            self.per_trial
-            if t.state == TrialState.RUNNING
-            else int(t.user_attrs.get("epochs_run", 0))
-            for t in trials
-        )
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        done = [t for t in trials if t.state != TrialState.RUNNING]
+        return epochs_trained(done) + self.per_trial * len(running)
 
     def room(self, trials: list[FrozenTrial]) -> bool:
         return self.committed(trials) + self.per_trial <= self.total
