@@ -819,9 +819,10 @@ def _finished_line(event: TrialFinished, metric: str) -> Text:
 
 
 def leaderboard(study: optuna.Study, metric: str, top: int = 10) -> Table:
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    trials.sort(key=lambda t: t.value, reverse=reverse)
+    from autoclf.study import best_first
+
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    trials = best_first(study.get_trials(deepcopy=False), maximize)
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1

@@ -37,7 +37,7 @@ from autoclf.metrics import Metric, get_metric
 from autoclf.models import load_trained
 from autoclf.predict import PredictResult, predict, write_predictions
 from autoclf.search.objective import trial_seed
-from autoclf.study import StudyFiles, load_study, open_study_dir
+from autoclf.study import StudyFiles, best_first, load_study, open_study_dir
 from autoclf.trainer import fit, resolve_device
 
 TTA_PREFIXES = (2, 4, 8)  # the view counts --tta auto tries against the identity alone
@@ -211,9 +211,10 @@ def _check_options(config: FinalizeConfig) -> None:
 
 
 def _complete_trials(study: optuna.Study, files: StudyFiles) -> list[optuna.trial.FrozenTrial]:
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     trials = [
         t
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        for t in best_first(study.get_trials(deepcopy=False), maximize)
         if "oof_path" in t.user_attrs and (files.dir / t.user_attrs["oof_path"]).is_file()
     ]
     if not trials:
@@ -221,8 +222,7 @@ def _complete_trials(study: optuna.Study, files: StudyFiles) -> list[optuna.tria
             f"study {files.config.study!r} has no complete trial with out-of-fold predictions yet; "
             "run `autoclf search` until at least one trial completes"
         )
-    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(trials, key=lambda t: t.value, reverse=reverse)
+    return trials
 
 
 def _fold_oof(

@@ -50,7 +50,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoclf.search.worker import EpochBudget, epochs_trained
-from autoclf.study import StudyFiles
+from autoclf.study import StudyFiles, best_first
 
 STATES = (
     TrialState.COMPLETE,
@@ -119,8 +119,7 @@ def study_status(
         for t in sorted(trials, key=lambda t: t.number)
         if t.state == TrialState.RUNNING
     ]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    complete.sort(key=lambda t: (-t.value if maximize else t.value, t.number))
+    complete = best_first(trials, maximize)
     failures = [
         (t.number, _fail_reason(t))
         for t in sorted(trials, key=lambda t: t.number, reverse=True)
@@ -129,7 +128,7 @@ def study_status(
     target = files.config.trials
     to_start = max(0, target - len(finished_trials) - len(running))
     if files.config.epoch_budget is not None:
-        budget = EpochBudget(files.config.epoch_budget, files.n_folds * files.space.max_epochs)
+        budget = EpochBudget.of(files.config.epoch_budget, files.n_folds, files.space)
         left = files.config.epoch_budget - budget.committed(trials)
         to_start = min(to_start, max(0, left // budget.per_trial))
     eta_s, eta_basis = _estimate(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from autoclf.config import SearchConfig
 from autoclf.data import DataIndex, load_index
@@ -57,3 +58,10 @@ def load_study(files: StudyFiles, storage: str | None = None) -> optuna.Study:
         raise AutoclfError(
             f"study {files.config.study!r} is not in storage {mask_url(url)}"
         ) from exc
+
+
+def best_first(trials: list[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
+    """The complete trials, best value first, ties in trial order: the one ranking that
+    ``autoclf status``, the search's leaderboard, the report and finalize's top-k share."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return sorted(done, key=lambda t: (-t.value if maximize else t.value, t.number))

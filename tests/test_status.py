@@ -238,3 +238,33 @@ def test_before_any_trial_finished_the_eta_comes_from_progress_or_is_none(tmp_pa
     # An aware `now` means the same moment as the naive local time Optuna stores.
     aware = study_status(files, reader, now=now.astimezone())
     assert aware.eta_s == pytest.approx(status.eta_s, abs=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "log_loss"])
+def test_status_leaderboard_report_and_finalize_rank_the_trials_alike(tmp_path, metric):
+    """Tied values rank by trial number everywhere, so the trials `autoclf status` and the
+    report show first are the ones finalize's --top-k retrains."""
+    from rich.console import Console
+
+    from autoclf.cli import leaderboard
+    from autoclf.finalize import _complete_trials
+    from autoclf.reports.study import _leaderboard
+
+    files, writer, reader = make_study(tmp_path, "ties", metric=metric)
+    t0 = datetime.now() - timedelta(hours=1)
+    for number, value in enumerate([0.8, 0.9, 0.8, 0.9, 0.7]):
+        oof = f"trials/{number}/oof.npz"
+        (files.dir / oof).parent.mkdir(parents=True, exist_ok=True)
+        (files.dir / oof).write_bytes(b"")  # finalize ranks the trials whose OOF file exists
+        add_finished(writer, TrialState.COMPLETE, start=t0, seconds=9, value=value, oof_path=oof)
+    add_finished(writer, TrialState.PRUNED, start=t0, seconds=3, value=None)
+    expected = [1, 3, 0, 2, 4] if metric == "accuracy" else [4, 0, 2, 1, 3]
+
+    assert [t.number for t in study_status(files, reader, top=10).leaderboard] == expected
+    assert [t.number for t in _complete_trials(reader, files)] == expected
+    html = _leaderboard(files, reader.get_trials())
+    assert sorted(expected, key=lambda n: html.index(f"#{n}<")) == expected
+    console = Console(width=200, record=True)
+    console.print(leaderboard(reader, metric))
+    rows = [line.split()[0] for line in console.export_text().splitlines() if "±0." in line]
+    assert [int(r) for r in rows] == expected

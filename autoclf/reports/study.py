@@ -16,7 +16,7 @@ from autoclf.data.images import load_rgb
 from autoclf.errors import AutoclfError
 from autoclf.metrics import get_metric
 from autoclf.reports.html import escape, figure, page, table, thumbnail, tile
-from autoclf.study import StudyFiles
+from autoclf.study import StudyFiles, best_first
 
 MISTAKES = 12  # worst out-of-fold mistakes shown
 SHOWN = 128  # px of a gallery image
@@ -76,11 +76,9 @@ def _complete(trials: list[FrozenTrial]) -> list[FrozenTrial]:
 
 
 def _leaderboard(files: StudyFiles, trials: list[FrozenTrial]) -> str:
-    done = _complete(trials)
+    done = best_first(trials, get_metric(files.config.metric).direction == "maximize")[:15]
     if not done:
         return "<h2>Leaderboard</h2><p>No trial has completed yet.</p>"
-    sign = 1 if get_metric(files.config.metric).direction == "maximize" else -1
-    done = sorted(done, key=lambda t: -sign * t.value)[:15]
     keys = ("backbone", "optimizer", "lr", "batch_size", "aug_strength", "scheduler")
     rows = []
     for t in done:

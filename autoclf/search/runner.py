@@ -84,8 +84,7 @@ class PreparedSearch:
         """``--epoch-budget`` as the workers apply it (None without one)."""
         if self.config.epoch_budget is None:
             return None
-        per_trial = (int(self.folds.max()) + 1) * self.space.max_epochs
-        return EpochBudget(self.config.epoch_budget, per_trial=per_trial)
+        return EpochBudget.of(self.config.epoch_budget, int(self.folds.max()) + 1, self.space)
 
     def done(self) -> bool:
         """The study holds ``--trials`` finished trials, or no further trial fits the budget."""
@@ -109,12 +108,13 @@ def prepare(
         get_metric(config.metric)  # an unknown name fails before any work
     device = resolve_device(config.device)
     space = load_space(config.space)
-    per_trial = config.folds * space.max_epochs
-    if config.epoch_budget is not None and config.epoch_budget < per_trial:
-        raise AutoclfError(
-            f"--epoch-budget {config.epoch_budget} is less than one trial of {space.name}: "
-            f"{config.folds} folds × {space.max_epochs} epochs = {per_trial}"
-        )
+    if config.epoch_budget is not None:
+        budget = EpochBudget.of(config.epoch_budget, config.folds, space)
+        if budget.total < budget.per_trial:
+            raise AutoclfError(
+                f"--epoch-budget {budget.total} is less than one trial of {space.name}: "
+                f"{config.folds} folds × {space.max_epochs} epochs = {budget.per_trial}"
+            )
     study_dir = study_dir_for(config)
     study_dir.mkdir(parents=True, exist_ok=True)
     index_path = study_dir / "index.csv"

@@ -30,6 +30,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from autoclf.search.events import EpochDone, Event, TrialStarted
+from autoclf.search.space import SearchSpace
 from autoclf.search.storage import ClaimLock, fail_stale_trials, fail_trial, retry_trial
 from autoclf.trainer import release_memory
 
@@ -60,6 +61,11 @@ class EpochBudget:
 
     total: int
     per_trial: int
+
+    @classmethod
+    def of(cls, total: int, n_folds: int, space: SearchSpace) -> EpochBudget:
+        """``--epoch-budget total`` for a study of ``n_folds`` folds in ``space``."""
+        return cls(total, per_trial=n_folds * space.max_epochs)
 
     def committed(self, trials: list[FrozenTrial]) -> int:
         """Epochs trained by every trial that is not running (pruned and failed ones too:
