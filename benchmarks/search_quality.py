@@ -33,7 +33,8 @@ share of the cores, the longest first.
                                                            # pruner_replay.py replays
 
 Finished runs are kept under ``--work`` (one ``record.json`` each) and not run again, so an
-interrupted benchmark goes on where it stopped; ``--fresh`` starts over.
+interrupted benchmark goes on where it stopped, each unfinished run from its start (as it
+would have run uninterrupted); ``--fresh`` starts over.
 """
 
 from __future__ import annotations
@@ -126,6 +127,9 @@ def run_one(
     record_path = work / study / "record.json"
     if record_path.is_file():
         return json.loads(record_path.read_text())
+    # A run stopped before its record starts over: resuming its study would retry the stopped
+    # trial under another number (so another training seed) and count its epochs twice.
+    shutil.rmtree(work / study, ignore_errors=True)
     data, test = DATASETS[dataset]
     recipe = method == "fixed recipe"
     space_path = work / f"{study}.yaml"
