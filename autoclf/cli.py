@@ -821,10 +821,10 @@ def _finished_line(event: TrialFinished, metric: str) -> Text:
 def leaderboard(study: optuna.Study, metric: str, top: int = 10) -> Table:
     from autoclf.study import best_first
 
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    trials = best_first(study.get_trials(deepcopy=False), maximize)
+    every = study.get_trials(deepcopy=False)
+    trials = best_first(every, study.direction == optuna.study.StudyDirection.MAXIMIZE)
     states: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
+    for t in every:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
     table = _table(f"study {study.study_name}: {summary}")

@@ -110,7 +110,7 @@ def prepare(
     space = load_space(config.space)
     if config.epoch_budget is not None:
         budget = EpochBudget.of(config.epoch_budget, config.folds, space)
-        if budget.total < budget.per_trial:
+        if not budget.room([]):  # not even one trial fits
             raise AutoclfError(
                 f"--epoch-budget {budget.total} is less than one trial of {space.name}: "
                 f"{config.folds} folds × {space.max_epochs} epochs = {budget.per_trial}"
