@@ -129,8 +129,7 @@ def study_status(
     to_start = max(0, target - len(finished_trials) - len(running))
     if files.config.epoch_budget is not None:
         budget = EpochBudget.of(files.config.epoch_budget, files.n_folds, files.space)
-        left = files.config.epoch_budget - budget.committed(trials)
-        to_start = min(to_start, max(0, left // budget.per_trial))
+        to_start = min(to_start, budget.trials_left(trials))
     eta_s, eta_basis = _estimate(
         to_start=to_start,
         running=running,

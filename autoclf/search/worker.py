@@ -74,8 +74,12 @@ class EpochBudget:
         done = [t for t in trials if t.state != TrialState.RUNNING]
         return epochs_trained(done) + self.per_trial * len(running)
 
+    def trials_left(self, trials: list[FrozenTrial]) -> int:
+        """How many more whole trials fit beside what ``trials`` trained or hold."""
+        return max(0, (self.total - self.committed(trials)) // self.per_trial)
+
     def room(self, trials: list[FrozenTrial]) -> bool:
-        return self.committed(trials) + self.per_trial <= self.total
+        return self.trials_left(trials) >= 1
 
 
 def epochs_trained(trials: list[FrozenTrial]) -> int:

@@ -200,6 +200,9 @@ def test_epoch_budget_counts_every_trial_and_holds_a_whole_trial_per_running_one
     assert EpochBudget(total=21, per_trial=6).committed(trials) == 6 + 2 + 1 + 6
     assert EpochBudget(total=21, per_trial=6).room(trials)  # 15 + 6 fits exactly
     assert not EpochBudget(total=20, per_trial=6).room(trials)
+    assert EpochBudget(total=32, per_trial=6).trials_left(trials) == 2  # 17 left: two whole
+    assert EpochBudget(total=20, per_trial=6).trials_left(trials) == 0
+    assert EpochBudget(total=10, per_trial=6).trials_left(trials) == 0  # overspent: none, not -1
 
 
 def test_log_loss_study_minimises(config):
