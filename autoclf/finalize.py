@@ -260,10 +260,10 @@ def _fold_oof(
                 loader_workers=config.loader_workers,
                 keep_weights=True,
             )
-            _save_weights(result.state_dict, weights_path, best_epoch=result.best_epoch)
+            _save_weights(result.state_dict, weights_path, kept_epoch=result.kept_epoch)
             on_step(
                 f"trial {number}: fold {fold + 1}/{files.n_folds} retrained "
-                f"(best epoch {result.best_epoch})"
+                f"(kept epoch {result.kept_epoch})"
             )
         model = load_trained(params, weights_path, num_classes=n_classes, device=device)
         oof[:, val_idx] = predict_views(
@@ -318,11 +318,10 @@ def _refit(
     if config.refit == "folds":
         return None
     member_dir = files.dir / "final" / "members" / str(member.trial)
-    best_epochs = [
-        json.loads((member_dir / f"fold{k}.json").read_text())["best_epoch"]
-        for k in range(files.n_folds)
-    ]
-    epochs = max(1, round(float(np.mean(best_epochs))))
+    records = [json.loads((member_dir / f"fold{k}.json").read_text()) for k in range(files.n_folds)]
+    # "best_epoch": the key's name in records written before 2026-11-28 (a resumed finalize).
+    kept = [record.get("kept_epoch", record.get("best_epoch")) for record in records]
+    epochs = max(1, round(float(np.mean(kept))))
     weights_path = member_dir / "full.pt"
     if weights_path.with_suffix(".json").is_file():
         return epochs
@@ -340,16 +339,16 @@ def _refit(
         loader_workers=config.loader_workers,
         keep_weights=True,
     )
-    _save_weights(result.state_dict, weights_path, best_epoch=epochs)
+    _save_weights(result.state_dict, weights_path, kept_epoch=epochs)
     on_step(f"trial {member.trial}: retrained on all {len(files.index)} images for {epochs} epochs")
     return epochs
 
 
-def _save_weights(state_dict: dict[str, torch.Tensor], path: Path, *, best_epoch: int) -> None:
+def _save_weights(state_dict: dict[str, torch.Tensor], path: Path, *, kept_epoch: int) -> None:
     # Weights first, then the small record that marks them finished: a crash between the two
     # only costs a retrain, never a half-written checkpoint.
     atomic.write_with(path, lambda tmp: torch.save(state_dict, tmp), suffix=".pt")
-    atomic.write_json(path.with_suffix(".json"), {"best_epoch": best_epoch})
+    atomic.write_json(path.with_suffix(".json"), {"kept_epoch": kept_epoch})
 
 
 def _manifest(

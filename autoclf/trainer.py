@@ -48,9 +48,9 @@ class EpochReport:
 class FitResult:
     # The epoch whose weights, validation score and probabilities are kept: the best one, or
     # with ``params.keep == "last"`` the last one trained.
-    best_epoch: int
-    best_score: float | None
-    val_probs: np.ndarray | None  # (len(val_idx), num_classes), float32, at best_epoch
+    kept_epoch: int
+    kept_score: float | None
+    val_probs: np.ndarray | None  # (len(val_idx), num_classes), float32, at kept_epoch
     epochs_run: int
     history: list[EpochReport] = field(default_factory=list)
     state_dict: dict[str, torch.Tensor] | None = None  # kept weights, on the CPU, if asked for
@@ -175,7 +175,7 @@ def fit(
     # predict_views' own default, unless the caller asked for smaller forward passes.
     val_batch = 256 if micro_batch is None else min(256, micro_batch)
 
-    result = FitResult(best_epoch=0, best_score=None, val_probs=None, epochs_run=0)
+    result = FitResult(kept_epoch=0, kept_score=None, val_probs=None, epochs_run=0)
     best_score, best_epoch = None, 0  # the best so far, whatever params.keep keeps
     keep_last = params.keep == "last" or val_idx is None
     timer = _Timer(device)
@@ -226,7 +226,7 @@ def fit(
         if improved:
             best_score, best_epoch = score, epoch
         if improved or keep_last:
-            result.best_epoch, result.best_score, result.val_probs = epoch, score, probs
+            result.kept_epoch, result.kept_score, result.val_probs = epoch, score, probs
             if keep_weights and not keep_last:
                 result.state_dict = _cpu_copy(model)
         schedule.epoch_end(improved=improved)

@@ -167,6 +167,9 @@ def test_interrupted_finalize_resumes_without_redoing_work(studies, monkeypatch)
     done = sorted(members_dir.rglob("*.pt"))
     assert len(done) == 2
     stamps = {p: p.stat().st_mtime_ns for p in done}
+    for record in members_dir.rglob("fold*.json"):  # as autoclf wrote them before 2026-11-28
+        kept = json.loads(record.read_text())["kept_epoch"]
+        record.write_text(json.dumps({"best_epoch": kept}))
 
     calls.clear()
     monkeypatch.setattr(fin, "fit", lambda *a, **k: (calls.append(k["seed"]), real_fit(*a, **k))[1])
@@ -274,7 +277,7 @@ def test_a_member_that_keeps_last_epochs_and_never_flipped(tmp_path):
     and it is shown no mirrored view."""
     space = SPACE.replace("epochs: 2", "epochs: 3\n  keep: last\n  hflip: false")
     (trial,) = _search(tmp_path, space, [{"backbone": "test_resnet", "lr": 0.01}]).trials
-    assert trial.user_attrs["fold_best_epochs"] == [3, 3]
+    assert trial.user_attrs["fold_kept_epochs"] == [3, 3]
 
     _, summary, _ = _finalize(tmp_path / "studies", top_k=1, tta="auto")
     (member,) = summary["members"]
@@ -287,4 +290,4 @@ def test_a_member_that_keeps_last_epochs_and_never_flipped(tmp_path):
     search_oof = np.load(studies / trial.user_attrs["oof_path"])
     assert np.allclose(oof_views[0], search_oof, atol=1e-5)
     for fold in (0, 1):
-        assert json.loads((member_dir / f"fold{fold}.json").read_text())["best_epoch"] == 3
+        assert json.loads((member_dir / f"fold{fold}.json").read_text())["kept_epoch"] == 3

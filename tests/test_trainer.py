@@ -59,8 +59,8 @@ def test_learns_digits_and_hook_sees_every_epoch(digits):
     seen = []
     result = _fit(digits, on_epoch=seen.append)
     assert [r.epoch for r in seen] == [1, 2, 3, 4] == [r.epoch for r in result.history]
-    assert result.best_score > 0.6  # chance is 0.1
-    assert result.best_score == max(r.score for r in seen)
+    assert result.kept_score > 0.6  # chance is 0.1
+    assert result.kept_score == max(r.score for r in seen)
     assert result.val_probs.shape == (200, 10)
     assert np.allclose(result.val_probs.sum(axis=1), 1.0, atol=1e-4)
     assert result.history[-1].train_loss < result.history[0].train_loss
@@ -88,9 +88,9 @@ def test_early_stopping_keeps_best_epoch(digits):
     # With no learning to speak of, the score stalls and training stops early.
     result = _fit(digits, lr=1e-12, scheduler="constant", warmup_epochs=0, epochs=10, patience=2)
     assert result.epochs_run < 10
-    assert result.epochs_run == result.best_epoch + 2
+    assert result.epochs_run == result.kept_epoch + 2
     best = max(result.history, key=lambda r: r.score)
-    assert best.epoch == result.best_epoch and best.score == result.best_score
+    assert best.epoch == result.kept_epoch and best.score == result.kept_score
 
 
 def test_keep_last_scores_the_last_epoch_not_the_best(digits):
@@ -98,12 +98,12 @@ def test_keep_last_scores_the_last_epoch_not_the_best(digits):
     # the best of the four epochs is not the last.
     stalled = {"lr": 1e-12, "scheduler": "constant", "warmup_epochs": 0}
     best = _fit(digits, **stalled)
-    assert best.best_epoch < 4
+    assert best.kept_epoch < 4
     seen = []
     result = _fit(digits, keep="last", keep_weights=True, on_epoch=seen.append, **stalled)
     assert [r.score for r in seen] == [r.score for r in best.history]  # the same four epochs
-    assert result.best_epoch == 4 and result.best_score == seen[-1].score != best.best_score
-    assert seen[-1].best_score == best.best_score  # the report still shows the best so far
+    assert result.kept_epoch == 4 and result.kept_score == seen[-1].score != best.kept_score
+    assert seen[-1].best_score == best.kept_score  # the report still shows the best so far
     assert not np.array_equal(result.val_probs, best.val_probs)
     # The kept weights are the last epoch's: they give back its validation probabilities.
     model = models.create_model(TrainParams(backbone="test_efficientnet"), num_classes=10)
@@ -142,7 +142,7 @@ def test_train_without_validation_keeps_last_weights(digits):
         device=torch.device("cpu"),
         keep_weights=True,
     )
-    assert result.best_epoch == 2 and result.best_score is None and result.val_probs is None
+    assert result.kept_epoch == 2 and result.kept_score is None and result.val_probs is None
     assert result.state_dict and all(t.device.type == "cpu" for t in result.state_dict.values())
 
 
@@ -151,7 +151,7 @@ def test_loader_worker_processes_are_seeded_and_deterministic(digits):
     a = _fit(digits, epochs=2, aug_strength=0.5, loader_workers=2)
     b = _fit(digits, epochs=2, aug_strength=0.5, loader_workers=2)
     assert np.array_equal(a.val_probs, b.val_probs)
-    assert a.best_score > 0.25  # it learns (chance is 0.1)
+    assert a.kept_score > 0.25  # it learns (chance is 0.1)
 
 
 @pytest.mark.parametrize("micro_batch", [16, 3])
@@ -166,7 +166,7 @@ def test_gradient_accumulation_matches_the_full_batch(digits, micro_batch):
     assert full.state_dict.keys() == accumulated.state_dict.keys()
     for name, weight in full.state_dict.items():
         assert torch.allclose(weight, accumulated.state_dict[name], atol=1e-5), name
-    assert accumulated.best_score == full.best_score
+    assert accumulated.kept_score == full.kept_score
     assert np.allclose(accumulated.val_probs, full.val_probs, atol=1e-5)
     assert accumulated.history[0].train_loss == pytest.approx(full.history[0].train_loss, rel=1e-5)
 
@@ -240,4 +240,4 @@ def test_weights_balance_makes_every_class_weigh_the_same_in_sum():
 def test_balanced_training_learns(digits, mode):
     result = _fit(digits, balance=mode, epochs=2)
     assert np.isfinite([r.train_loss for r in result.history]).all()
-    assert result.best_score > 0.3  # ten classes: chance is 0.1
+    assert result.kept_score > 0.3  # ten classes: chance is 0.1

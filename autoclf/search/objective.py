@@ -80,7 +80,7 @@ class Objective:
         n_folds = int(self.folds.max()) + 1
         oof = np.full((len(self.labels), self.num_classes), np.nan, dtype=np.float32)
         scores: list[float] = []
-        best_epochs: list[int] = []
+        kept_epochs: list[int] = []
         epochs_run = 0
         micro_batch: int | None = None  # set after an out-of-memory error
         start = time.perf_counter()
@@ -141,14 +141,14 @@ class Objective:
                     trial.set_user_attr("micro_batch", micro_batch)
                     log(f"fold {fold + 1}: {oom}; again with micro-batch {micro_batch}")
                 oof[val_idx] = result.val_probs
-                scores.append(result.best_score)
-                best_epochs.append(result.best_epoch)
+                scores.append(result.kept_score)
+                kept_epochs.append(result.kept_epoch)
                 log(
-                    f"fold {fold + 1}/{n_folds}: {self.metric.name} {result.best_score:.4f} "
-                    f"at epoch {result.best_epoch}"
+                    f"fold {fold + 1}/{n_folds}: {self.metric.name} {result.kept_score:.4f} "
+                    f"at epoch {result.kept_epoch}"
                 )
                 trial.set_user_attr("fold_scores", scores)
-                trial.set_user_attr("fold_best_epochs", best_epochs)
+                trial.set_user_attr("fold_kept_epochs", kept_epochs)
         except NonFiniteLossError as exc:
             trial.set_user_attr("pruned_reason", f"non-finite loss: {exc}")
             raise optuna.TrialPruned(str(exc)) from exc
