@@ -34,7 +34,9 @@ share of the cores, the longest first.
 
 Finished runs are kept under ``--work`` (one ``record.json`` each) and not run again, so an
 interrupted benchmark goes on where it stopped, each unfinished run from its start (as it
-would have run uninterrupted); ``--fresh`` starts over.
+would have run uninterrupted); ``--fresh`` starts over. A record keeps the space it ran and the
+commit of the code: a run whose space has changed since is run again, and a table whose
+records come from several commits names them under it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import multiprocessing
 import os
 import shutil
 import statistics
+import subprocess
 import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -124,16 +127,19 @@ def run_one(
         epoch_budget = None  # the same study in both kinds of budget
     name = method.replace(" ", "-").replace("+", "-")
     study = f"{dataset}-{name}{f'-e{epoch_budget}' if epoch_budget else ''}-s{seed}"
+    doc = method_space(method, base, recipe_epochs=recipe_epochs)
     record_path = work / study / "record.json"
     if record_path.is_file():
-        return json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text())
+        # Records written before they kept their space are trusted; a changed space is not.
+        if record.get("space", doc) == doc:
+            return record
     # A run stopped before its record starts over: resuming its study would retry the stopped
     # trial under another number (so another training seed) and count its epochs twice.
     shutil.rmtree(work / study, ignore_errors=True)
     data, test = DATASETS[dataset]
     recipe = method == "fixed recipe"
     space_path = work / f"{study}.yaml"
-    doc = method_space(method, base, recipe_epochs=recipe_epochs)
     atomic.write_text(space_path, yaml.safe_dump(doc, sort_keys=False))
     config = SearchConfig(
         data=data,
@@ -191,9 +197,28 @@ def run_one(
         "members": [m.trial for m in result.members],
         "search_s": round(search_s, 1),
         "finalize_s": round(time.perf_counter() - start, 1),
+        "space": doc,
+        "code": code_version(),
     }
     atomic.write_json(record_path, record)
     return record
+
+
+def code_version() -> str:
+    """The commit the run's code came from, "+changes" when autoclf, the benchmarks or the
+    shipped spaces differ from it; "unknown" outside a git checkout."""
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        changed = git("status", "--porcelain", "--", "autoclf", "benchmarks", "search_spaces")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if changed else "")
+
+
+def git(*argv: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(REPO), *argv], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -256,6 +281,11 @@ def table(records: list[dict], dataset: str) -> list[str]:
         "",
         *paired(by_method, sign),
     ]
+    # Finished runs are reused by name, so one --work can hold records of several versions of
+    # the code; a rerun from an empty --work may then differ by a few images.
+    versions = sorted({r.get("code", "unrecorded") for rows in by_method.values() for r in rows})
+    if len(versions) > 1:
+        lines += ["", f"Records from {len(versions)} versions of the code: {', '.join(versions)}."]
     return lines
 
 
