@@ -28,9 +28,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from search_quality import DATASETS, METHODS, REPO, fmt, quiet
+from search_quality import METHODS, REPO, finalize_config, fmt, quiet
 
-from autoclf.config import FinalizeConfig
 from autoclf.finalize import finalize
 
 
@@ -43,16 +42,7 @@ def refit_full(record_path: Path, scratch: Path, top_k: int, threads: int) -> di
     study = record_path.parent.name
     shutil.copytree(record_path.parent, scratch / study)
     start = time.perf_counter()
-    result = finalize(
-        FinalizeConfig(
-            study=study,
-            studies_dir=str(scratch),
-            top_k=top_k,
-            test=DATASETS[record["dataset"]][1],
-            device="cpu",
-            refit="full",
-        )
-    )
+    result = finalize(finalize_config(study, scratch, record["dataset"], top_k=top_k, refit="full"))
     members = [m.trial for m in result.members]
     if members != record["members"]:
         raise SystemExit(f"{study}: members {members}, but --refit folds chose {record['members']}")

@@ -137,7 +137,7 @@ def run_one(
     # A run stopped before its record starts over: resuming its study would retry the stopped
     # trial under another number (so another training seed) and count its epochs twice.
     shutil.rmtree(work / study, ignore_errors=True)
-    data, test = DATASETS[dataset]
+    data = DATASETS[dataset][0]
     recipe = method == "fixed recipe"
     space_path = work / f"{study}.yaml"
     atomic.write_text(space_path, yaml.safe_dump(doc, sort_keys=False))
@@ -166,16 +166,7 @@ def run_one(
     first_complete = [t.value for t in first if t.state == optuna.trial.TrialState.COMPLETE]
     better = max if study_obj.direction == optuna.study.StudyDirection.MAXIMIZE else min
     start = time.perf_counter()
-    result = finalize(
-        FinalizeConfig(
-            study=study,
-            studies_dir=str(work),
-            top_k=top_k,
-            test=test,
-            device="cpu",
-            refit="folds",  # the fold models finalize trains anyway; no retraining on all data
-        )
-    )
+    result = finalize(finalize_config(study, work, dataset, top_k=top_k))
     record = {
         "dataset": dataset,
         "method": method,
@@ -202,6 +193,22 @@ def run_one(
     }
     atomic.write_json(record_path, record)
     return record
+
+
+def finalize_config(
+    study: str, studies_dir: Path, dataset: str, *, top_k: int, refit: str = "folds"
+) -> FinalizeConfig:
+    """The finalize every method gets: the same options for all, scored on the dataset's test
+    images; ``--refit folds`` by default (the fold models finalize trains anyway, no retraining
+    on all the data)."""
+    return FinalizeConfig(
+        study=study,
+        studies_dir=str(studies_dir),
+        top_k=top_k,
+        test=DATASETS[dataset][1],
+        device="cpu",
+        refit=refit,
+    )
 
 
 def code_version() -> str:
