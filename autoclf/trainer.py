@@ -42,6 +42,9 @@ class EpochReport:
     best_score: float | None
     lr: float
     seconds: float
+    # The mean negative log-likelihood of the validation labels under the model's
+    # probabilities: a finer-grained signal than a score that counts right and wrong images.
+    val_loss: float | None = None
 
 
 @dataclass
@@ -210,7 +213,7 @@ def fit(
             schedule.step()
         train_loss = loss_sum.item() / max(1, len(train_loader))
 
-        score, probs = None, None
+        score, probs, val_loss = None, None, None
         improved = val_idx is None
         if val_idx is not None:
             probs = predict_views(
@@ -222,6 +225,7 @@ def fit(
                 amp=params.amp,
             )[0]
             score = metric(labels[val_idx], probs)
+            val_loss = log_loss(labels[val_idx], probs)
             improved = best_score is None or metric.better(score, best_score)
         if improved:
             best_score, best_epoch = score, epoch
@@ -233,7 +237,7 @@ def fit(
         result.epochs_run = epoch
 
         report = EpochReport(
-            epoch, params.epochs, train_loss, score, best_score, schedule.lr, timer.stop()
+            epoch, params.epochs, train_loss, score, best_score, schedule.lr, timer.stop(), val_loss
         )
         result.history.append(report)
         if on_epoch is not None:
@@ -243,6 +247,12 @@ def fit(
     if keep_weights and keep_last:  # once, not every epoch
         result.state_dict = _cpu_copy(model)
     return result
+
+
+def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log-likelihood of ``labels`` under ``probs`` (clipped away from 0)."""
+    p = probs[np.arange(len(labels)), labels].astype(np.float64)
+    return float(-np.log(np.clip(p, 1e-7, 1.0)).mean())
 
 
 def _cpu_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:

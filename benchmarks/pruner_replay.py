@@ -12,6 +12,11 @@ seconds of arithmetic instead of hours of training.
     python benchmarks/pruner_replay.py                      # the "random" studies that
                                                             # search_quality.py left under --work
     python benchmarks/pruner_replay.py --trials 20 path/to/study.db:NAME …
+    python benchmarks/pruner_replay.py --signal loss    # prune on the validation loss instead
+
+``--signal loss`` replays each epoch's validation loss (the trial's ``val_losses``, which
+autoclf records beside the reported scores) in place of its score: what the same pruners would
+do if trials reported their loss. The best trial is still judged by its final score.
 
 For each pruner and dataset: the epochs it would have trained as a share of the unpruned ones
 (mean over the dataset's studies), and how far below the unpruned study's best the best trial
@@ -68,8 +73,22 @@ def curves(storage: str, name: str) -> tuple[list[optuna.trial.FrozenTrial], int
     return sorted(trials, key=lambda t: t.number), sign
 
 
+def signal(trial: optuna.trial.FrozenTrial, sign: int, kind: str) -> dict[int, float]:
+    """What the trial reported at each step (``score``), or its validation loss turned to the
+    study's direction (``loss``: minus the loss when the study maximises)."""
+    if kind == "score":
+        return dict(trial.intermediate_values)
+    losses = trial.user_attrs.get("val_losses")
+    if not losses:
+        raise SystemExit(f"trial {trial.number} has no val_losses: run by an older autoclf")
+    return {int(step): -sign * loss for step, loss in losses.items()}
+
+
 def replay(
-    trials: list[optuna.trial.FrozenTrial], sign: int, pruner: optuna.pruners.BasePruner
+    trials: list[optuna.trial.FrozenTrial],
+    sign: int,
+    pruner: optuna.pruners.BasePruner,
+    kind: str = "score",
 ) -> tuple[float, float]:
     """(epochs trained / epochs unpruned, how far the best trial left to finish falls short of
     the best of all, in the metric's units)."""
@@ -77,26 +96,29 @@ def replay(
     epochs, best = 0, float("-inf")
     for source in trials:
         trial = study.ask()
-        for step, value in sorted(source.intermediate_values.items()):
+        for step, value in sorted(signal(source, sign, kind).items()):
             trial.report(value, step)
             epochs += 1
             if trial.should_prune():
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 break
         else:
+            # Pruners compare the finished trials' intermediate values, not their final ones.
             study.tell(trial, source.value)
             best = max(best, sign * source.value)
     lost = max(sign * t.value for t in trials) - best
     return epochs / sum(len(t.intermediate_values) for t in trials), lost
 
 
-def rank_correlation(trials: list[optuna.trial.FrozenTrial], step: int) -> float:
-    """Spearman correlation between each trial's best score by ``step`` and its final value:
+def rank_correlation(
+    trials: list[optuna.trial.FrozenTrial], sign: int, step: int, kind: str = "score"
+) -> float:
+    """Spearman correlation between each trial's best signal by ``step`` and its final value:
     how well a check at that step could rank the trials."""
     from scipy.stats import spearmanr
 
-    early = [max(v for s, v in t.intermediate_values.items() if s <= step) for t in trials]
-    return float(spearmanr(early, [t.value for t in trials])[0])
+    early = [max(sign * v for s, v in signal(t, sign, kind).items() if s <= step) for t in trials]
+    return float(spearmanr(early, [sign * t.value for t in trials])[0])
 
 
 def main() -> None:
@@ -106,6 +128,12 @@ def main() -> None:
         "--work", type=Path, default=REPO / "benchmarks" / "runs" / "search_quality"
     )
     parser.add_argument("--trials", type=int, help="replay only each study's first N trials")
+    parser.add_argument(
+        "--signal",
+        choices=("score", "loss"),
+        default="score",
+        help="what the replayed trials report each epoch: their score, or their validation loss",
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -133,7 +161,10 @@ def main() -> None:
     shipped = load_space("tiny").pruner
     rows = []
     for spec in CANDIDATES + ([] if shipped in CANDIDATES else [shipped]):
-        result = {n: replay(trials, sign, make(spec)) for n, (trials, sign) in studies.items()}
+        result = {
+            n: replay(trials, sign, make(spec), args.signal)
+            for n, (trials, sign) in studies.items()
+        }
         cells, worst_ratio = [], 0.0
         for names in groups.values():
             ratio = statistics.fmean(result[n][0] for n in names)
@@ -146,12 +177,14 @@ def main() -> None:
         print(line)
 
     steps = (2, 3, 4, 5)
-    print("\nSpearman correlation of the best score by step k with the final one, per study:\n")
+    what = "score" if args.signal == "score" else "(lowest) validation loss"
+    print(f"\nSpearman correlation of the best {what} by step k with the final score:\n")
     print("| | " + " | ".join(f"k = {k}" for k in steps) + " |")
     print("|---|" + "---|" * len(steps))
     for group, names in groups.items():
         cells = [
-            ", ".join(f"{rank_correlation(studies[n][0], k):.2f}" for n in names) for k in steps
+            ", ".join(f"{rank_correlation(*studies[n], k, args.signal):.2f}" for n in names)
+            for k in steps
         ]
         print(f"| {group} | " + " | ".join(cells) + " |")
 

@@ -64,6 +64,11 @@ def test_learns_digits_and_hook_sees_every_epoch(digits):
     assert result.val_probs.shape == (200, 10)
     assert np.allclose(result.val_probs.sum(axis=1), 1.0, atol=1e-4)
     assert result.history[-1].train_loss < result.history[0].train_loss
+    # The kept epoch's validation loss is that of the probabilities it kept.
+    p_true = result.val_probs[np.arange(200), digits[1][digits[2] == 0]]
+    kept = seen[result.kept_epoch - 1]
+    assert kept.val_loss == pytest.approx(-np.log(p_true).mean(), rel=1e-5)
+    assert seen[-1].val_loss < seen[0].val_loss
 
 
 def test_same_seed_same_result(digits):

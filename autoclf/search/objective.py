@@ -81,6 +81,7 @@ class Objective:
         oof = np.full((len(self.labels), self.num_classes), np.nan, dtype=np.float32)
         scores: list[float] = []
         kept_epochs: list[int] = []
+        val_losses: dict[str, float] = {}  # step → validation loss, beside the reported scores
         epochs_run = 0
         micro_batch: int | None = None  # set after an out-of-memory error
         start = time.perf_counter()
@@ -90,15 +91,18 @@ class Objective:
                 def on_epoch(report: EpochReport, fold: int = fold) -> None:
                     nonlocal epochs_run
                     epochs_run += 1  # pruned folds count too: epochs are the compute spent
+                    step = fold * self.space.max_epochs + report.epoch
+                    val_losses[str(step)] = round(report.val_loss, 6)
                     trial.set_user_attr("epochs_run", epochs_run)
+                    trial.set_user_attr("val_losses", val_losses)
                     log(
                         f"fold {fold + 1}/{n_folds} epoch {report.epoch}/{report.epochs}: "
                         f"{self.metric.name} {report.score:.4f} (fold best "
-                        f"{report.best_score:.4f}), loss {report.train_loss:.4f}, "
+                        f"{report.best_score:.4f}), val loss {report.val_loss:.4f}, "
+                        f"train loss {report.train_loss:.4f}, "
                         f"lr {report.lr:.2e}, {report.seconds:.1f} s"
                     )
                     self.on_event(EpochDone(trial.number, fold, n_folds, report, self.worker))
-                    step = fold * self.space.max_epochs + report.epoch
                     trial.report(report.score, step)
                     if trial.should_prune():
                         trial.set_user_attr(

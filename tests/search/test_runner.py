@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import numpy as np
 import optuna
 import pytest
 
@@ -69,10 +70,16 @@ def test_bad_trial_is_pruned_in_first_fold_and_steps_never_collide(config):
     assert "fold 1" in bad.user_attrs["pruned_reason"]
     assert "oof_path" not in bad.user_attrs and "oof_path" in good.user_attrs
     assert bad.user_attrs["epochs_run"] == len(bad.intermediate_values)
+    # The validation loss of every reported step, beside the score: lower for the trial that
+    # learns, and about log(10) for the one at chance.
+    for t in (good, bad):
+        assert sorted(map(int, t.user_attrs["val_losses"])) == sorted(t.intermediate_values)
+    assert max(good.user_attrs["val_losses"].values()) < min(bad.user_attrs["val_losses"].values())
+    assert bad.user_attrs["val_losses"]["1"] == pytest.approx(np.log(10), rel=0.1)
     # Each trial's own log, where its log_path attribute (shown by the dashboard) says.
     good_log = (prepared.study_dir / good.user_attrs["log_path"]).read_text()
     assert good.user_attrs["log_path"] == "trials/0/log.txt"
-    assert len(re.findall(r"fold [12]/2 epoch \d/3: accuracy", good_log)) == 2 * EPOCHS
+    assert len(re.findall(r"fold [12]/2 epoch \d/3: accuracy .* val loss", good_log)) == 2 * EPOCHS
     assert "fold 2/2: accuracy" in good_log
     assert good_log.rstrip().endswith(
         f"complete: accuracy {good.value:.4f} ± {good.user_attrs['cv_std']:.4f}"
