@@ -211,12 +211,17 @@ def finalize_config(
     )
 
 
+# What a run's numbers depend on: a commit that touches only tests or documentation does not
+# make a new version of the code.
+CODE = ("autoclf", "benchmarks/*.py", "search_spaces", "pyproject.toml")
+
+
 def code_version() -> str:
-    """The commit the run's code came from, "+changes" when autoclf, the benchmarks or the
-    shipped spaces differ from it; "unknown" outside a git checkout."""
+    """The last commit that changed the run's code, "+changes" when the checkout's code differs
+    from it; "unknown" outside a git checkout."""
     try:
-        commit = git("rev-parse", "--short=12", "HEAD")
-        changed = git("status", "--porcelain", "--", "autoclf", "benchmarks", "search_spaces")
+        commit = git("log", "-1", "--format=%h", "--abbrev=12", "--", *CODE)
+        changed = git("status", "--porcelain", "--", *CODE)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+changes" if changed else "")
