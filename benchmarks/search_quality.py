@@ -34,9 +34,10 @@ share of the cores, the longest first.
 
 Finished runs are kept under ``--work`` (one ``record.json`` each) and not run again, so an
 interrupted benchmark goes on where it stopped, each unfinished run from its start (as it
-would have run uninterrupted); ``--fresh`` starts over. A record keeps the space it ran and the
-commit of the code: a run whose space has changed since is run again, and a table whose
-records come from several commits names them under it.
+would have run uninterrupted); ``--fresh`` starts over. A record keeps the space it ran, the
+last commit that changed the code, and the versions of the packages that can move its numbers:
+a run whose space has changed since is run again, and a table whose records come from several
+commits or package versions names them under it.
 """
 
 from __future__ import annotations
@@ -190,6 +191,7 @@ def run_one(
         "finalize_s": round(time.perf_counter() - start, 1),
         "space": doc,
         "code": code_version(),
+        "packages": packages(),
     }
     atomic.write_json(record_path, record)
     return record
@@ -225,6 +227,24 @@ def code_version() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+changes" if changed else "")
+
+
+# The packages whose versions can move a run's numbers (a model's init, an augmentation's
+# random draws, a sampler's proposals) without any change to autoclf.
+PACKAGES = ("torch", "timm", "albumentations", "optuna", "numpy", "opencv-python-headless")
+
+
+def packages() -> str:
+    """The versions of PACKAGES installed, as one string: "torch 2.14.1, timm 1.0.31, …"."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "absent"
+
+    return ", ".join(f"{name} {installed(name)}" for name in PACKAGES)
 
 
 def git(*argv: str) -> str:
@@ -294,10 +314,14 @@ def table(records: list[dict], dataset: str) -> list[str]:
         *paired(by_method, sign),
     ]
     # Finished runs are reused by name, so one --work can hold records of several versions of
-    # the code; a rerun from an empty --work may then differ by a few images.
-    versions = sorted({r.get("code", "unrecorded") for rows in by_method.values() for r in rows})
-    if len(versions) > 1:
-        lines += ["", f"Records from {len(versions)} versions of the code: {', '.join(versions)}."]
+    # the code or of the packages; a rerun from an empty --work may then differ by a few images.
+    for what, key in (("the code", "code"), ("the packages", "packages")):
+        versions = sorted({r.get(key, "unrecorded") for rows in by_method.values() for r in rows})
+        if len(versions) > 1:
+            lines += [
+                "",
+                f"Records from {len(versions)} versions of {what}: {'; '.join(versions)}.",
+            ]
     return lines
 
 
