@@ -89,11 +89,11 @@ def replay(
     sign: int,
     pruner: optuna.pruners.BasePruner,
     kind: str = "score",
-) -> tuple[float, float]:
+) -> tuple[float, float, set[int]]:
     """(epochs trained / epochs unpruned, how far the best trial left to finish falls short of
-    the best of all, in the metric's units)."""
+    the best of all in the metric's units, the numbers of the trials it stops)."""
     study = optuna.create_study(direction="maximize" if sign > 0 else "minimize", pruner=pruner)
-    epochs, best = 0, float("-inf")
+    epochs, best, stopped = 0, float("-inf"), set()
     for source in trials:
         trial = study.ask()
         for step, value in sorted(signal(source, sign, kind).items()):
@@ -101,13 +101,14 @@ def replay(
             epochs += 1
             if trial.should_prune():
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                stopped.add(source.number)
                 break
         else:
             # Pruners compare the finished trials' intermediate values, not their final ones.
             study.tell(trial, source.value)
             best = max(best, sign * source.value)
     lost = max(sign * t.value for t in trials) - best
-    return epochs / sum(len(t.intermediate_values) for t in trials), lost
+    return epochs / sum(len(t.intermediate_values) for t in trials), lost, stopped
 
 
 def rank_correlation(
@@ -128,6 +129,8 @@ def main() -> None:
         "--work", type=Path, default=REPO / "benchmarks" / "runs" / "search_quality"
     )
     parser.add_argument("--trials", type=int, help="replay only each study's first N trials")
+    parser.add_argument("--by", default="backbone", help="the parameter to group trials by")
+    parser.add_argument("--top", type=int, default=5, help="each study's best trials, by final")
     parser.add_argument(
         "--signal",
         choices=("score", "loss"),
@@ -187,6 +190,34 @@ def main() -> None:
             for k in steps
         ]
         print(f"| {group} | " + " | ".join(cells) + " |")
+
+    # Whom the shipped pruner stops: grouped by one parameter, the score at its first check
+    # against the final one, and how many of each study's best trials it would have stopped.
+    first = shipped.get("n_warmup_steps", 0) or 1
+    stopped = {n: replay(trials, sign, make(shipped))[2] for n, (trials, sign) in studies.items()}
+    print(
+        f"\nBy {args.by}: mean score at step {first} (the first the shipped pruner may stop at) "
+        f"and at the end; each study's {args.top} best trials, and how many of them it stops:\n"
+    )
+    print(f"| dataset | {args.by} | trials | step {first} | final | among the best | stopped |")
+    print("|---|---|---|---|---|---|---|")
+    for group, names in groups.items():
+        rows: dict[object, list[tuple[float, float, bool, bool]]] = {}
+        for n in names:
+            trials, sign = studies[n]
+            top = {t.number for t in sorted(trials, key=lambda t: -sign * t.value)[: args.top]}
+            for t in trials:
+                early = signal(t, sign, "score").get(first, float("nan"))
+                row = (early, t.value, t.number in top, t.number in stopped[n])
+                rows.setdefault(t.params.get(args.by), []).append(row)
+        for value, found in sorted(rows.items(), key=lambda kv: str(kv[0])):
+            top_rows = [r for r in found if r[2]]
+            print(
+                f"| {group} | {value} | {len(found)} | "
+                f"{statistics.fmean(r[0] for r in found):.3f} | "
+                f"{statistics.fmean(r[1] for r in found):.3f} | {len(top_rows)} | "
+                f"{sum(r[3] for r in top_rows)} |"
+            )
 
 
 if __name__ == "__main__":
