@@ -162,12 +162,14 @@ def main() -> None:
     )
     print("|---|" + "---|---|" * len(groups))
     shipped = load_space("tiny").pruner
-    rows = []
+    rows, stopped = [], {}
     for spec in CANDIDATES + ([] if shipped in CANDIDATES else [shipped]):
         result = {
             n: replay(trials, sign, make(spec), args.signal)
             for n, (trials, sign) in studies.items()
         }
+        if spec == shipped:
+            stopped = {n: r[2] for n, r in result.items()}  # whom it stops, for the last table
         cells, worst_ratio = [], 0.0
         for names in groups.values():
             ratio = statistics.fmean(result[n][0] for n in names)
@@ -194,10 +196,10 @@ def main() -> None:
     # Whom the shipped pruner stops: grouped by one parameter, the score at its first check
     # against the final one, and how many of each study's best trials it would have stopped.
     first = shipped.get("n_warmup_steps", 0) or 1
-    stopped = {n: replay(trials, sign, make(shipped))[2] for n, (trials, sign) in studies.items()}
     print(
         f"\nBy {args.by}: mean score at step {first} (the first the shipped pruner may stop at) "
-        f"and at the end; each study's {args.top} best trials, and how many of them it stops:\n"
+        f"and at the end; each study's {args.top} best trials, and how many of them it stops "
+        f"(pruning on the {args.signal}):\n"
     )
     print(f"| dataset | {args.by} | trials | step {first} | final | among the best | stopped |")
     print("|---|---|---|---|---|---|---|")
