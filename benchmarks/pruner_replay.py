@@ -69,6 +69,8 @@ def curves(storage: str, name: str) -> tuple[list[optuna.trial.FrozenTrial], int
     if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)):
         raise SystemExit(f"{name}: has pruned trials; replay needs a study run without pruning")
     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not trials:
+        raise SystemExit(f"{name}: no complete trial to replay yet")
     sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
     return sorted(trials, key=lambda t: t.number), sign
 
