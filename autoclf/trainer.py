@@ -22,9 +22,11 @@ from autoclf.augment import train_transform
 from autoclf.config import TrainParams
 from autoclf.errors import AutoclfError
 from autoclf.inference import Preprocess, autocast_for, predict_views
-from autoclf.metrics import Metric
+from autoclf.metrics import Metric, get_metric
 from autoclf.models import create_model
 from autoclf.optim import LRSchedule, build_optimizer
+
+LOG_LOSS = get_metric("log_loss")  # each epoch's validation loss, whatever the metric
 
 
 class NonFiniteLossError(RuntimeError):
@@ -225,7 +227,7 @@ def fit(
                 amp=params.amp,
             )[0]
             score = metric(labels[val_idx], probs)
-            val_loss = log_loss(labels[val_idx], probs)
+            val_loss = LOG_LOSS(labels[val_idx], probs)
             improved = best_score is None or metric.better(score, best_score)
         if improved:
             best_score, best_epoch = score, epoch
@@ -247,12 +249,6 @@ def fit(
     if keep_weights and keep_last:  # once, not every epoch
         result.state_dict = _cpu_copy(model)
     return result
-
-
-def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Mean negative log-likelihood of ``labels`` under ``probs`` (clipped away from 0)."""
-    p = probs[np.arange(len(labels)), labels].astype(np.float64)
-    return float(-np.log(np.clip(p, 1e-7, 1.0)).mean())
 
 
 def _cpu_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
