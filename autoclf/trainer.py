@@ -227,7 +227,8 @@ def fit(
                 amp=params.amp,
             )[0]
             score = metric(labels[val_idx], probs)
-            val_loss = LOG_LOSS(labels[val_idx], probs)
+            # NaN probabilities keep their (poor) score; scikit-learn's log loss refuses them.
+            val_loss = LOG_LOSS(labels[val_idx], probs) if np.isfinite(probs).all() else math.nan
             improved = best_score is None or metric.better(score, best_score)
         if improved:
             best_score, best_epoch = score, epoch

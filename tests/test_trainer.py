@@ -246,3 +246,17 @@ def test_balanced_training_learns(digits, mode):
     result = _fit(digits, balance=mode, epochs=2)
     assert np.isfinite([r.train_loss for r in result.history]).all()
     assert result.kept_score > 0.3  # ten classes: chance is 0.1
+
+
+def test_nan_probabilities_keep_their_score_and_a_nan_validation_loss(digits, monkeypatch):
+    # Weights that give NaN on the validation images while the training loss stays finite:
+    # the epoch is scored as before (argmax of NaN is class 0), and its loss is NaN, where
+    # scikit-learn's log loss would raise and fail the trial.
+    def nan_views(model, images, *, indices, **kwargs):
+        return [np.full((len(indices), 10), np.nan, dtype=np.float32)]
+
+    monkeypatch.setattr(trainer, "predict_views", nan_views)
+    seen = []
+    result = _fit(digits, epochs=1, on_epoch=seen.append)
+    assert result.kept_score == pytest.approx(np.mean(digits[1][digits[2] == 0] == 0))
+    assert np.isnan(seen[0].val_loss)
