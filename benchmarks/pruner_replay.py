@@ -206,15 +206,15 @@ def main() -> None:
     print(f"| dataset | {args.by} | trials | step {first} | final | among the best | stopped |")
     print("|---|---|---|---|---|---|---|")
     for group, names in groups.items():
-        rows: dict[object, list[tuple[float, float, bool, bool]]] = {}
+        by_value: dict[object, list[tuple[float, float, bool, bool]]] = {}
         for n in names:
             trials, sign = studies[n]
             top = {t.number for t in sorted(trials, key=lambda t: -sign * t.value)[: args.top]}
             for t in trials:
-                early = signal(t, sign, "score").get(first, float("nan"))
+                early = t.intermediate_values.get(first, float("nan"))
                 row = (early, t.value, t.number in top, t.number in stopped[n])
-                rows.setdefault(t.params.get(args.by), []).append(row)
-        for value, found in sorted(rows.items(), key=lambda kv: str(kv[0])):
+                by_value.setdefault(t.params.get(args.by), []).append(row)
+        for value, found in sorted(by_value.items(), key=lambda kv: str(kv[0])):
             top_rows = [r for r in found if r[2]]
             print(
                 f"| {group} | {value} | {len(found)} | "
