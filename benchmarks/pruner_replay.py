@@ -51,6 +51,11 @@ CANDIDATES: list[dict] = [
         for r in (2, 3, 5)
         for rf in (3, 5)
     ),
+    *(
+        {"name": "hyperband", "min_resource": r, "reduction_factor": rf}
+        for r in (2, 3, 5)
+        for rf in (2, 3, 4)
+    ),
 ]
 
 
@@ -94,7 +99,11 @@ def replay(
 ) -> tuple[float, float, set[int]]:
     """(epochs trained / epochs unpruned, how far the best trial left to finish falls short of
     the best of all in the metric's units, the numbers of the trials it stops)."""
-    study = optuna.create_study(direction="maximize" if sign > 0 else "minimize", pruner=pruner)
+    # A fixed name: Hyperband puts each trial in a bracket by hashing the study's name with the
+    # trial's number, so a random name would give another replay on every call.
+    study = optuna.create_study(
+        study_name="replay", direction="maximize" if sign > 0 else "minimize", pruner=pruner
+    )
     epochs, best, stopped = 0, float("-inf"), set()
     for source in trials:
         trial = study.ask()
