@@ -22,9 +22,9 @@ Two ways to size the budget (``--budget``):
 The issue's pruning target is at most 0.35 of the epochs, at a best CV score within one
 standard deviation (over seeds) of random search without pruning. Each row also has the
 finalized model's out-of-fold score ("final OOF": every training image, so less noisy than
-the test score). Under each table, random search's expected best CV had only as many of its
-trials finished as the defaults finished: best CV is a best over finished trials, so it grows
-with their number. Every run goes through autoclf's own code (``prepare``, ``run``,
+the test score). Under each table: random search's expected best CV if only as many of its
+trials had finished as the defaults finished (best CV is a best over finished trials, so it
+grows with their number). Every run goes through autoclf's own code (``prepare``, ``run``,
 ``finalize``) on the CPU; ``--jobs`` runs at once, each in its own process with an equal
 share of the cores, the longest first.
 
