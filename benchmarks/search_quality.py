@@ -338,7 +338,7 @@ def table(records: list[dict], dataset: str, work: Path) -> list[str]:
         f"- random+pruner best CV on those trials within one sd of random's "
         f"({pruned_cv:.4f} against {cv['random'][0]:.4f} ± {cv['random'][1]:.4f}): "
         + yes(abs(pruned_cv - cv["random"][0]) <= cv["random"][1]),
-        *as_few_finished(by_method, sign, work),
+        as_few_finished(by_method, sign, work, random_cv=cv["random"][0], cv=cv["defaults"][0]),
         "",
         *paired(by_method, sign),
     ]
@@ -354,21 +354,22 @@ def table(records: list[dict], dataset: str, work: Path) -> list[str]:
     return lines
 
 
-def as_few_finished(by_method: dict[str, list[dict]], sign: int, work: Path) -> list[str]:
+def as_few_finished(
+    by_method: dict[str, list[dict]], sign: int, work: Path, *, random_cv: float, cv: float
+) -> str:
     """Best CV is the best of the finished trials, and more finished trials give a higher best
     from the same spread of scores. Random search's expected best from as many of its finished
-    trials, drawn at random, as the defaults finished on the same seed separates the two."""
+    trials, drawn at random, as the defaults finished on the same seed separates the two.
+    ``random_cv`` and ``cv`` are random search's and the defaults' mean best CV."""
     unpruned = {r["seed"]: complete_values(work, r) for r in by_method["random"]}
     finished = {r["seed"]: len(complete_values(work, r)) for r in by_method["defaults"]}
     best_of_as_many = [expected_best(unpruned[seed], k, sign) for seed, k in finished.items()]
-    all_random = statistics.fmean(r["best_cv"] for r in by_method["random"])
-    defaults = statistics.fmean(r["best_cv"] for r in by_method["defaults"])
-    return [
+    return (
         f"- the defaults finish {statistics.fmean(finished.values()):.1f} trials; random "
         f"search's best CV from as many of its finished trials, drawn at random: "
-        f"{statistics.fmean(best_of_as_many):.4f} (from all of them {all_random:.4f}; "
-        f"the defaults {defaults:.4f})"
-    ]
+        f"{statistics.fmean(best_of_as_many):.4f} (from all of them {random_cv:.4f}; "
+        f"the defaults {cv:.4f})"
+    )
 
 
 def paired(by_method: dict[str, list[dict]], sign: int) -> list[str]:
