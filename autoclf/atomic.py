@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,3 +57,16 @@ def write_with(target: str | Path, writer: Callable[[Path], None], *, suffix: st
     """Atomically create ``target`` with ``writer(tmp_path)`` (for writers that need a path)."""
     with atomic_path(target, suffix=suffix) as tmp:
         writer(tmp)
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """Make ``target`` a hard link to ``source`` (no second copy on disk), or where the file
+    system has none, a copy; either way it appears whole or not at all."""
+    with atomic_path(target, suffix=Path(target).suffix) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except FileNotFoundError:
+            raise
+        except OSError:  # no hard links here (another file system, or none at all)
+            shutil.copyfile(source, tmp)

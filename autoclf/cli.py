@@ -159,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="train at most N epochs in total, over every fold of every trial (pruned ones "
         "included); a trial starts only while a whole one still fits",
     )
+    search.add_argument(
+        "--keep-weights",
+        type=_non_negative_int,
+        default=5,
+        metavar="N",
+        help="keep the fold weights of the best N complete trials, so that finalize need not "
+        "train them again (default 5, finalize's --top-k; 0 keeps none)",
+    )
     search.add_argument("--folds", type=int, default=5, help="K for stratified K-fold (default 5)")
     search.add_argument(
         "--seed", type=int, default=0, help="seed for folds, sampler and training (default 0)"
@@ -319,6 +327,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -521,6 +536,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         skip_bad_images=args.skip_bad_images,
         duplicates=args.duplicates,
         balance=args.balance,
+        keep_weights=args.keep_weights,
     )
     view = _LiveWorkers(config.metric, verbose=args.verbose)
     # The workers start now and import torch and timm while this process prepares the study.

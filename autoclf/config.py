@@ -82,6 +82,9 @@ class SearchConfig:
     # Near-duplicate images: "group" keeps each set in one fold; "ignore" only reports them.
     # Decides the folds when a study is created; a resumed study keeps its folds.
     duplicates: str = "group"
+    # The best this many complete trials keep their fold weights on disk, so that finalize
+    # need not train them again (0: none; finalize retrains every member's folds).
+    keep_weights: int = 5
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,8 +1,9 @@
 """autoclf finalize: from a finished search to a saved ensemble, scored on OOF predictions.
 
 1. members   pick trials on their stored OOF probabilities (greedy Caruana or plain top-k)
-2. folds     retrain each member's K fold models (the search's own seeds) and predict every
-             held-out image under every TTA view: OOF probabilities per view
+2. folds     each member's K fold models: those the search kept (``--keep-weights``), else
+             retrained with the search's own seeds; every held-out image predicted under
+             every TTA view: OOF probabilities per view
 3. TTA       per member, keep the views only where they improve its OOF score
 4. vote      soft or hard, whichever scores better on OOF (or as asked)
 5. refit     retrain each member on all images (``full``) or keep its fold models (``folds``)
@@ -36,7 +37,8 @@ from autoclf.inference import VIEWS, Preprocess, View, predict_views, views_for
 from autoclf.metrics import Metric, get_metric
 from autoclf.models import load_trained
 from autoclf.predict import PredictResult, predict, write_predictions
-from autoclf.search.objective import trial_seed
+from autoclf.search import weights
+from autoclf.search.objective import trial_dir_of, trial_seed
 from autoclf.study import StudyFiles, best_first, load_study, open_study_dir
 from autoclf.trainer import fit, resolve_device
 
@@ -245,8 +247,12 @@ def _fold_oof(
     oof = np.zeros((len(views), len(labels), n_classes), dtype=np.float32)
     for fold in range(files.n_folds):
         val_idx = np.flatnonzero(files.folds == fold)
-        weights_path = member_dir / f"fold{fold}.pt"
-        if not weights_path.with_suffix(".json").is_file():  # the record written last marks it done
+        weights_path = weights.fold_weights(member_dir, fold)
+        if not weights.is_finished(weights_path) and _from_search(
+            weights.fold_weights(trial_dir_of(files.dir, number), fold), weights_path
+        ):
+            on_step(f"trial {number}: fold {fold + 1}/{files.n_folds} as the search trained it")
+        if not weights.is_finished(weights_path):
             result = fit(
                 params,
                 images=images,
@@ -260,7 +266,7 @@ def _fold_oof(
                 loader_workers=config.loader_workers,
                 keep_weights=True,
             )
-            _save_weights(result.state_dict, weights_path, kept_epoch=result.kept_epoch)
+            weights.save_weights(weights_path, result.state_dict, kept_epoch=result.kept_epoch)
             on_step(
                 f"trial {number}: fold {fold + 1}/{files.n_folds} retrained "
                 f"(kept epoch {result.kept_epoch})"
@@ -339,16 +345,22 @@ def _refit(
         loader_workers=config.loader_workers,
         keep_weights=True,
     )
-    _save_weights(result.state_dict, weights_path, kept_epoch=epochs)
+    weights.save_weights(weights_path, result.state_dict, kept_epoch=epochs)
     on_step(f"trial {member.trial}: retrained on all {len(files.index)} images for {epochs} epochs")
     return epochs
 
 
-def _save_weights(state_dict: dict[str, torch.Tensor], path: Path, *, kept_epoch: int) -> None:
-    # Weights first, then the small record that marks them finished: a crash between the two
-    # only costs a retrain, never a half-written checkpoint.
-    atomic.write_with(path, lambda tmp: torch.save(state_dict, tmp), suffix=".pt")
-    atomic.write_json(path.with_suffix(".json"), {"kept_epoch": kept_epoch})
+def _from_search(kept: Path, target: Path) -> bool:
+    """Link (or copy) a fold model the search kept to where finalize keeps its own; False if
+    the search kept none (or dropped it meanwhile: a search still running ranks its trials)."""
+    if not weights.is_finished(kept):
+        return False
+    try:
+        for src, dst in ((kept, target), (kept.with_suffix(".json"), target.with_suffix(".json"))):
+            atomic.link_or_copy(src, dst)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _manifest(

@@ -118,6 +118,36 @@ def test_member_oof_reproduces_the_search(studies):
     assert member["views"] == ["identity"] and member["oof_tta"] == member["oof"]
 
 
+def test_fold_models_the_search_kept_are_used_and_match_a_retrain(studies, monkeypatch):
+    import autoclf.finalize as fin
+
+    real_fit, calls = fin.fit, []
+    monkeypatch.setattr(fin, "fit", lambda *a, **k: (calls.append(k["seed"]), real_fit(*a, **k))[1])
+    steps: list[str] = []
+    options = FinalizeConfig(
+        study="s", studies_dir=str(studies), top_k=3, select="topk", tta="2", refit="folds"
+    )
+    kept = finalize(options, on_step=steps.append)
+    assert calls == [] and len(kept.members) == 3  # nothing trained: the search kept every fold
+    assert sum("as the search trained it" in s for s in steps) == 3 * 2
+    final = studies / "s" / "final"
+    for member in kept.members:
+        for fold in (0, 1):  # the same file, not a second copy on disk
+            searched = studies / "s" / "trials" / str(member.trial) / f"fold{fold}.pt"
+            used = final / "members" / str(member.trial) / f"fold{fold}.pt"
+            assert used.stat().st_ino == searched.stat().st_ino
+    # A search that kept none (--keep-weights 0): finalize trains every fold again, with the
+    # search's seeds, into the same models on the CPU.
+    shutil.rmtree(final)
+    for path in (studies / "s" / "trials").glob("*/fold*"):
+        path.unlink()
+    retrained = finalize(options)
+    assert len(calls) == 3 * 2
+    for a, b in zip(kept.members, retrained.members, strict=True):
+        assert (a.trial, a.oof, a.oof_tta, a.views) == (b.trial, b.oof, b.oof_tta, b.views)
+    assert kept.oof_score == retrained.oof_score
+
+
 def test_tta_auto_only_keeps_views_that_help(studies):
     _, summary, manifest = _finalize(studies, top_k=3, tta="auto")
     for member in summary["members"]:
@@ -161,6 +191,8 @@ def test_interrupted_finalize_resumes_without_redoing_work(studies, monkeypatch)
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(fin, "fit", dying_fit)
+    for path in (studies / "s" / "trials").glob("*/fold*"):
+        path.unlink()  # as a search with --keep-weights 0 leaves it: every fold is trained
     with pytest.raises(KeyboardInterrupt):
         _finalize(studies, top_k=2, select="topk", tta="off")
     members_dir = studies / "s" / "final" / "members"
@@ -272,8 +304,8 @@ def test_a_single_member_that_beats_the_ensemble_is_the_final_model(studies, mon
 
 
 def test_a_member_that_keeps_last_epochs_and_never_flipped(tmp_path):
-    """keep: last and hflip: false carry through finalize: the fold models it trains again keep
-    their last epochs and score what the trial scored, the member is refit for every epoch,
+    """keep: last and hflip: false carry through finalize: the fold models keep their last
+    epochs and score what the trial scored, the member is refit for every epoch,
     and it is shown no mirrored view."""
     space = SPACE.replace("epochs: 2", "epochs: 3\n  keep: last\n  hflip: false")
     (trial,) = _search(tmp_path, space, [{"backbone": "test_resnet", "lr": 0.01}]).trials

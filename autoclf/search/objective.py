@@ -26,6 +26,7 @@ import torch
 
 from autoclf import atomic
 from autoclf.metrics import Metric
+from autoclf.search import weights
 from autoclf.search.events import EpochDone, EventFn, TrialStarted
 from autoclf.search.space import SearchSpace
 from autoclf.search.trial_log import TrialLog
@@ -47,16 +48,20 @@ class Objective:
     loader_workers: int | None = None
     worker: str = ""
     balance: str | None = None
+    keep_weights: int = 0  # the best this many complete trials keep their fold weights
 
     def __call__(self, trial: optuna.Trial) -> float:
-        with TrialLog(trial_dir_of(self.study_dir, trial.number) / "log.txt") as log:
+        trial_dir = trial_dir_of(self.study_dir, trial.number)
+        with TrialLog(trial_dir / "log.txt") as log:
             trial.set_user_attr("log_path", str(log.path.relative_to(self.study_dir)))
             try:
                 value = self._run(trial, log)
             except optuna.TrialPruned as exc:
+                weights.drop(trial_dir)
                 log(f"pruned: {trial.user_attrs.get('pruned_reason', exc)}")
                 raise
             except BaseException as exc:
+                weights.drop(trial_dir)
                 log(f"failed: {trial.user_attrs.get('fail_reason', repr(exc))}")
                 log("".join(traceback.format_exception(exc)).rstrip())
                 raise
@@ -128,6 +133,7 @@ class Objective:
                             loader_workers=self.loader_workers,
                             micro_batch=micro_batch,
                             on_epoch=on_epoch,
+                            keep_weights=self.keep_weights > 0,
                         )
                         break
                     except torch.OutOfMemoryError as exc:
@@ -145,6 +151,9 @@ class Objective:
                     trial.set_user_attr("micro_batch", micro_batch)
                     log(f"fold {fold + 1}: {oom}; again with micro-batch {micro_batch}")
                 oof[val_idx] = result.val_probs
+                if result.state_dict is not None:
+                    path = weights.fold_weights(trial_dir_of(self.study_dir, trial.number), fold)
+                    weights.save_weights(path, result.state_dict, kept_epoch=result.kept_epoch)
                 scores.append(result.kept_score)
                 kept_epochs.append(result.kept_epoch)
                 log(
@@ -176,6 +185,14 @@ class Objective:
         trial.set_user_attr("oof_path", str(oof_path.relative_to(self.study_dir)))
         value = float(np.mean(scores))
         trial.set_user_attr("cv_std", float(np.std(scores)))
+        if self.keep_weights > 0:
+            weights.keep_best(
+                trial.study,
+                self.study_dir / "trials",
+                keep=self.keep_weights,
+                number=trial.number,
+                value=value,
+            )
         return value
 
 

@@ -229,6 +229,7 @@ def run(prepared: PreparedSearch, *, on_event: EventFn = ignore) -> optuna.Study
         on_event=on_event,
         loader_workers=config.loader_workers,
         balance=config.balance,
+        keep_weights=config.keep_weights,
     )
     result = work(
         study,
@@ -292,6 +293,7 @@ def attach(
         loader_workers=loader_workers,
         worker=worker,
         balance=config.balance,
+        keep_weights=config.keep_weights,
     )
     return AttachedWorker(study, objective, claim_lock(storage_url, config.study), torch_device)
 

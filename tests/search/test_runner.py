@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 
 import numpy as np
@@ -102,6 +103,47 @@ def test_failing_trials_record_reason_and_stop_the_search(config, monkeypatch):
     log = (prepared.study_dir / trials[0].user_attrs["log_path"]).read_text()
     assert "failed: RuntimeError: boom in the trainer" in log
     assert "Traceback (most recent call last)" in log and "in broken_fit" in log
+
+
+def test_only_the_best_complete_trials_keep_their_fold_weights(config, tmp_path):
+    no_pruner = re.sub(r"pruner: .*", "pruner: {name: none}", SPACE)
+    (tmp_path / "space.yaml").write_text(no_pruner)
+    prepared = prepare(dataclasses.replace(config, trials=4, keep_weights=2))
+    for lr in (0.005, 1e-9, 0.005, 0.005):  # the second learns nothing
+        prepared.study.enqueue_trial({"lr": lr})
+    study = run(prepared)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    best = sorted(study.trials, key=lambda t: (-t.value, t.number))[:2]
+    trials_dir = prepared.study_dir / "trials"
+    kept = sorted(int(p.parent.name) for p in trials_dir.glob("*/fold0.pt"))
+    assert kept == sorted(t.number for t in best)
+    for trial in best:  # every fold, each with the epoch it kept
+        for fold in (0, 1):
+            assert (trials_dir / str(trial.number) / f"fold{fold}.pt").is_file()
+            record = json.loads((trials_dir / str(trial.number) / f"fold{fold}.json").read_text())
+            assert record == {"kept_epoch": trial.user_attrs["fold_kept_epochs"][fold]}
+    assert 1 not in kept  # at chance
+
+
+def test_a_trial_that_fails_after_a_fold_leaves_no_weights(config, monkeypatch):
+    from autoclf.search import objective
+
+    real_fit, calls = objective.fit, []
+
+    def fit_then_fail(*args, **kwargs):  # every trial's first fold trains, its second fails
+        calls.append(1)
+        if len(calls) % 2 == 0:
+            raise RuntimeError("boom in fold 2")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "fit", fit_then_fail)
+    prepared = prepare(config)
+    with pytest.raises(SearchFailedError, match="3 trials in a row failed"):
+        run(prepared)
+    assert len(calls) == 6
+    for number in (0, 1, 2):
+        trial_dir = prepared.study_dir / "trials" / str(number)
+        assert (trial_dir / "log.txt").is_file() and not list(trial_dir.glob("fold*"))
 
 
 def test_changed_space_is_refused_with_a_diff_unless_allowed(config, tmp_path):
