@@ -228,8 +228,8 @@ def finalize_config(
     study: str, studies_dir: Path, dataset: str, *, top_k: int, refit: str = "folds"
 ) -> FinalizeConfig:
     """The finalize every method gets: the same options for all, scored on the dataset's test
-    images; ``--refit folds`` by default (the fold models finalize trains anyway, no retraining
-    on all the data)."""
+    images; ``--refit folds`` by default (the members' fold models, which the search kept:
+    no training on all the data)."""
     return FinalizeConfig(
         study=study,
         studies_dir=str(studies_dir),
