@@ -185,14 +185,13 @@ class Objective:
         trial.set_user_attr("oof_path", str(oof_path.relative_to(self.study_dir)))
         value = float(np.mean(scores))
         trial.set_user_attr("cv_std", float(np.std(scores)))
-        if self.keep_weights > 0:
-            weights.keep_best(
-                trial.study,
-                self.study_dir / "trials",
-                keep=self.keep_weights,
-                number=trial.number,
-                value=value,
-            )
+        weights.keep_best(
+            trial.study,
+            self.study_dir / "trials",
+            keep=self.keep_weights,
+            number=trial.number,
+            value=value,
+        )
         return value
 
 

@@ -6,7 +6,8 @@ pruned or fails drops its own at once. When a trial completes, only the best ``k
 trials keep theirs: a complete trial's value never changes, so a trial that falls out of the
 best never comes back in, and a worker that drops weights is right whatever other workers are
 doing (at worst a few more than ``keep`` are kept until the next trial completes). Trials
-still running, and trials run by another machine, are never touched.
+still running are never touched; with ``keep`` 0, a trial that completes drops every complete
+trial's weights, those kept by earlier runs of the study too.
 """
 
 from __future__ import annotations

@@ -123,6 +123,9 @@ def test_only_the_best_complete_trials_keep_their_fold_weights(config, tmp_path)
             record = json.loads((trials_dir / str(trial.number) / f"fold{fold}.json").read_text())
             assert record == {"kept_epoch": trial.user_attrs["fold_kept_epochs"][fold]}
     assert 1 not in kept  # at chance
+    # Resumed with --keep-weights 0: the next trial to complete drops every kept fold.
+    run(prepare(dataclasses.replace(config, trials=5, keep_weights=0)))
+    assert not list(trials_dir.glob("*/fold*"))
 
 
 def test_a_trial_that_fails_after_a_fold_leaves_no_weights(config, monkeypatch):
