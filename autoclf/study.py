@@ -60,8 +60,14 @@ def load_study(files: StudyFiles, storage: str | None = None) -> optuna.Study:
         ) from exc
 
 
+def ranking(value: float, number: int, maximize: bool) -> tuple[float, int]:
+    """Best value first, ties in trial order: the one ranking that ``autoclf status``, the
+    search's leaderboard, the report, finalize's top-k and the fold weights the search keeps
+    share."""
+    return (-value if maximize else value, number)
+
+
 def best_first(trials: list[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
-    """The complete trials, best value first, ties in trial order: the one ranking that
-    ``autoclf status``, the search's leaderboard, the report and finalize's top-k share."""
+    """The complete trials, in :func:`ranking` order."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    return sorted(done, key=lambda t: (-t.value if maximize else t.value, t.number))
+    return sorted(done, key=lambda t: ranking(t.value, t.number, maximize))

@@ -50,13 +50,15 @@ def keep_best(
     """Trial ``number`` has just finished with ``value`` (not yet COMPLETE in the storage):
     drop the fold weights of every trial under ``trials_dir`` that is not among the best
     ``keep`` complete ones, or that was pruned or failed."""
+    from autoclf.study import ranking  # here, not above: autoclf.study imports this package
+
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     values = {n: t.value for n, t in trials.items() if t.state == TrialState.COMPLETE}
     values[number] = value
-    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
-    best = set(sorted(values, key=lambda n: (sign * values[n], n))[:keep])
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    best = set(sorted(values, key=lambda n: ranking(values[n], n, maximize))[:keep])
     ended = (TrialState.PRUNED, TrialState.FAIL)
     for trial_dir in {p.parent for p in trials_dir.glob("*/fold*.pt")}:
         n = int(trial_dir.name) if trial_dir.name.isdigit() else None
-        if n in values and n not in best or n in trials and trials[n].state in ended:
+        if (n in values and n not in best) or (n in trials and trials[n].state in ended):
             drop(trial_dir)
