@@ -324,12 +324,15 @@ def _refit(
     if config.refit == "folds":
         return None
     member_dir = files.dir / "final" / "members" / str(member.trial)
-    records = [json.loads((member_dir / f"fold{k}.json").read_text()) for k in range(files.n_folds)]
+    records = [
+        json.loads(weights.fold_weights(member_dir, k).with_suffix(".json").read_text())
+        for k in range(files.n_folds)
+    ]
     # "best_epoch": the key's name in records written before 2026-11-28 (a resumed finalize).
     kept = [record.get("kept_epoch", record.get("best_epoch")) for record in records]
     epochs = max(1, round(float(np.mean(kept))))
     weights_path = member_dir / "full.pt"
-    if weights_path.with_suffix(".json").is_file():
+    if weights.is_finished(weights_path):
         return epochs
     params = dataclasses.replace(TrainParams.from_dict(member.params), epochs=epochs, patience=0)
     result = fit(
