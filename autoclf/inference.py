@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from autoclf.models import normalization
+from autoclf.models import MEMORY_FORMAT, normalization
 
 
 @dataclass(frozen=True)
@@ -68,14 +68,13 @@ def apply_views(x: torch.Tensor, views: Sequence[View]) -> torch.Tensor:
 
 class Preprocess:
     """uint8 images (B, H, W, 3) or (B, 3, H, W) → normalised float (B, 3, size, size) on the
-    device, resized there if the cache holds another size."""
+    device, resized there if the cache holds another size, in channels_last."""
 
     def __init__(self, backbone: str, *, size: int, device: torch.device):
         mean, std = normalization(backbone)
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
         self.size, self.device = size, device
-        self.channels_last = device.type == "cuda"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] == 3 and x.shape[1] != 3:
@@ -86,7 +85,7 @@ class Preprocess:
                 x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
             )
         x = x.sub_(self.mean).div_(self.std)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return x.contiguous(memory_format=MEMORY_FORMAT)
 
 
 def autocast_for(device: torch.device, enabled: bool = True):

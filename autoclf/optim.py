@@ -6,10 +6,11 @@ shape, plateau included, without stacking torch schedulers that overwrite each o
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, get_optimizer_class
 
 from autoclf.config import TrainParams
 
@@ -22,7 +23,14 @@ def build_optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.
         lr=params.lr,
         weight_decay=params.weight_decay,
         momentum=params.momentum,
+        **({"fused": True} if supports_fused(params.optimizer) else {}),
     )
+
+
+def supports_fused(name: str) -> bool:
+    """Whether the optimiser ``name`` has a fused implementation (torch's Adam, AdamW, SGD and
+    Adagrad, on the CPU and CUDA): one kernel for all parameters instead of a loop over them."""
+    return "fused" in inspect.signature(get_optimizer_class(name, bind_defaults=False)).parameters
 
 
 class LRSchedule:

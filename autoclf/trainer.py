@@ -23,7 +23,7 @@ from autoclf.config import TrainParams
 from autoclf.errors import AutoclfError
 from autoclf.inference import Preprocess, autocast_for, predict_views
 from autoclf.metrics import Metric, get_metric
-from autoclf.models import create_model
+from autoclf.models import MEMORY_FORMAT, create_model
 from autoclf.optim import LRSchedule, build_optimizer
 
 LOG_LOSS = get_metric("log_loss")  # each epoch's validation loss, whatever the metric
@@ -131,9 +131,8 @@ def fit(
     cuda = device.type == "cuda"
     workers = _loader_workers(loader_workers, device)
 
-    model = create_model(params, num_classes=num_classes).to(device)
+    model = create_model(params, num_classes=num_classes).to(device, memory_format=MEMORY_FORMAT)
     if cuda:
-        model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     # Normalisation (and any resize) happens on the device, for training and validation alike.
     preprocess = Preprocess(params.backbone, size=params.image_size, device=device)

@@ -43,6 +43,9 @@ def test_preprocess_normalises_and_resizes_on_the_device():
     out = pre(batch)
     assert out.shape == (2, 3, 16, 16)
     assert torch.allclose(out, torch.full_like(out, (128 - 127.5) / 127.5), atol=1e-4)
+    # channels_last, as the models are, on any device, whatever layout comes in.
+    nchw = torch.full((2, 3, 16, 16), 128, dtype=torch.uint8)
+    assert all(pre(b).is_contiguous(memory_format=torch.channels_last) for b in (batch, nchw))
 
 
 def test_predict_views_shapes_and_batching_do_not_change_results():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from autoclf.config import TrainParams
-from autoclf.optim import LRSchedule, build_optimizer
+from autoclf.optim import LRSchedule, build_optimizer, supports_fused
 
 
 def _lrs(scheduler: str, *, epochs=10, steps=10, warmup=1.0, improved=None):
@@ -65,3 +65,22 @@ def test_no_weight_decay_on_biases():
     opt = build_optimizer(model, TrainParams(backbone="test_resnet", weight_decay=0.05))
     decays = {g["weight_decay"]: len(g["params"]) for g in opt.param_groups}
     assert decays == {0.0: 3, 0.05: 1}
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd", "momentum"])
+def test_torch_optimizers_run_fused(name):
+    model = torch.nn.Conv2d(3, 4, 3)
+    opt = build_optimizer(model, TrainParams(backbone="test_resnet", optimizer=name))
+    assert opt.defaults["fused"] is True
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    before = model.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(before, model.weight)
+
+
+@pytest.mark.parametrize("name", ["lamb", "lion", "rmsprop"])
+def test_optimizers_without_a_fused_kernel_are_built_without_one(name):
+    assert not supports_fused(name)
+    params = TrainParams(backbone="test_resnet", optimizer=name)
+    opt = build_optimizer(torch.nn.Linear(2, 2), params)
+    assert "fused" not in opt.defaults or not opt.defaults["fused"]

@@ -151,6 +151,20 @@ def test_train_without_validation_keeps_last_weights(digits):
     assert result.state_dict and all(t.device.type == "cpu" for t in result.state_dict.values())
 
 
+def test_trains_in_channels_last_and_saved_weights_load_back_so(digits, tmp_path):
+    # channels_last on the CPU too (oneDNN is faster in it); the kept and reloaded weights too.
+    result = _fit(digits, epochs=1, keep_weights=True)
+    convs = [t for t in result.state_dict.values() if t.ndim == 4 and t.shape[-1] > 1]
+    assert convs and all(t.is_contiguous(memory_format=torch.channels_last) for t in convs)
+    assert not all(t.is_contiguous() for t in convs)
+    torch.save(result.state_dict, tmp_path / "w.pt")
+    params = TrainParams(backbone="test_efficientnet", image_size=16)
+    cpu = torch.device("cpu")
+    model = models.load_trained(params, tmp_path / "w.pt", num_classes=10, device=cpu)
+    weights = [p for p in model.parameters() if p.ndim == 4 and p.shape[-1] > 1]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+
+
 def test_loader_worker_processes_are_seeded_and_deterministic(digits):
     # The CUDA default path: augmentation runs in worker processes, each with its own stream.
     a = _fit(digits, epochs=2, aug_strength=0.5, loader_workers=2)
