@@ -19,7 +19,7 @@ import torch
 from autoclf.config import TrainParams
 from autoclf.ensemble import soft_vote
 from autoclf.inference import VIEWS, Preprocess, apply_views, predict_views
-from autoclf.models import create_model
+from autoclf.models import MEMORY_FORMAT, create_model
 
 
 def bench(
@@ -28,7 +28,9 @@ def bench(
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n_images, size, size, 3), dtype=np.uint8)
     models = [
-        create_model(TrainParams(backbone=b, image_size=size), num_classes=10).to(device).eval()
+        create_model(TrainParams(backbone=b, image_size=size), num_classes=10)
+        .to(device, memory_format=MEMORY_FORMAT)  # as autoclf loads its trained models
+        .eval()
         for b in backbones
     ]
     views = VIEWS[:n_views]
