@@ -56,11 +56,14 @@ def apply_views(x: torch.Tensor, views: Sequence[View]) -> torch.Tensor:
     for view in views:
         v = x.flip(3) if view.flip else x
         if view.scale != 1.0 or view.shift != (0.0, 0.0):
-            # One affine resample covers zoom and shift; border padding avoids black edges.
-            theta = torch.zeros(v.shape[0], 2, 3, device=v.device, dtype=v.dtype)
+            # One affine resample covers zoom and shift; border padding avoids black edges. The
+            # grid is the same for every image: built once and broadcast (building it per image
+            # cost more than the resampling).
+            theta = torch.zeros(1, 2, 3, device=v.device, dtype=v.dtype)
             theta[:, 0, 0] = theta[:, 1, 1] = view.scale
             theta[:, 0, 2], theta[:, 1, 2] = 2 * view.shift[0], 2 * view.shift[1]
-            grid = F.affine_grid(theta, list(v.shape), align_corners=False)
+            grid = F.affine_grid(theta, [1, *v.shape[1:]], align_corners=False)
+            grid = grid.expand(v.shape[0], -1, -1, -1)
             v = F.grid_sample(v, grid, mode="bilinear", padding_mode="border", align_corners=False)
         out.append(v)
     return torch.cat(out) if len(out) > 1 else out[0]
