@@ -39,7 +39,9 @@ interrupted benchmark goes on where it stopped, each unfinished run from its sta
 would have run uninterrupted); ``--fresh`` starts over. A record keeps the space it ran, the
 last commit that changed the code, and the versions of the packages that can move its numbers:
 a run whose space has changed since is run again, and a table whose records come from several
-commits or package versions names them under it.
+commits or package versions names them under it. ``benchmarks/constraints.txt`` pins the
+versions the tables in ``benchmarks/README.md`` were measured with (``pip install -e '.[dev]'
+-c benchmarks/constraints.txt``); the script names the versions its records had that differ.
 """
 
 from __future__ import annotations
@@ -261,6 +263,10 @@ def code_version() -> str:
 PACKAGES = ("torch", "timm", "albumentations", "optuna", "numpy", "opencv-python-headless")
 
 
+# The versions the tables in benchmarks/README.md were measured with.
+CONSTRAINTS = REPO / "benchmarks" / "constraints.txt"
+
+
 def packages() -> str:
     """The versions of PACKAGES installed, as one string: "torch 2.14.1, timm 1.0.31, …"."""
     from importlib.metadata import PackageNotFoundError, version
@@ -272,6 +278,22 @@ def packages() -> str:
             return "absent"
 
     return ", ".join(f"{name} {installed(name)}" for name in PACKAGES)
+
+
+def unpinned(records: list[dict]) -> list[str]:
+    """The versions in ``records`` that are not CONSTRAINTS' ones, as "optuna 5.1.0 (5.0.0)"."""
+    pins = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        if line := line.split("#")[0].strip():
+            name, version = line.split("==")
+            pins[name] = version
+    differ = set()
+    for record in records:
+        for entry in record.get("packages", "").split(", "):
+            name, _, have = entry.partition(" ")
+            if name in pins and have.split("+")[0] != pins[name]:  # "2.14.1+cu130" is 2.14.1
+                differ.add(f"{name} {have} ({pins[name]})")
+    return sorted(differ)
 
 
 def git(*argv: str) -> str:
@@ -524,6 +546,12 @@ def main() -> None:
     for dataset in args.datasets:
         print("\n".join(table(records, dataset, args.work)))
         print()
+    if differ := unpinned(records):
+        print(
+            "These runs had other versions than benchmarks/constraints.txt (in brackets), with "
+            f"which the README's tables were measured: {', '.join(differ)}. Their numbers can "
+            "differ by a few images."
+        )
 
 
 if __name__ == "__main__":
