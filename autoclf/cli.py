@@ -797,10 +797,12 @@ class _LiveWorkers:
             )
         elif isinstance(event, EpochDone):
             r = event.report
+            # Train and validation loss side by side: the first sign of over- or underfitting.
+            val_loss = f" val {r.val_loss:.3f}" if r.val_loss is not None else ""
             self.lines[event.worker] = Text(
                 f"{who}trial {event.number}: fold {event.fold + 1}/{event.folds}  "
                 f"epoch {r.epoch}/{r.epochs}  {self.metric} {r.score:.4f} "
-                f"(fold best {r.best_score:.4f})  loss {r.train_loss:.3f}  "
+                f"(fold best {r.best_score:.4f})  loss train {r.train_loss:.3f}{val_loss}  "
                 f"lr {r.lr:.2e}  {r.seconds:.1f}s/epoch"
             )
             if self.verbose:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -148,6 +149,13 @@ def test_resume_counts_finished_trials_and_keeps_folds(searched):
     epochs, warmup = tiny.max_epochs, tiny.pruner["n_warmup_steps"]
     assert warmup >= 2 and out.stdout.count("trial 3: fold ") >= warmup
     assert f"trial 3: fold 1/2  epoch 1/{epochs}" in out.stdout
+    # Each epoch's line shows the training and the validation loss side by side (rich wraps
+    # lines at 80 columns when stdout is not a terminal).
+    line = out.stdout[out.stdout.index("trial 3: fold 1/2  epoch 1/") :][:200]
+    losses = re.search(r"loss\s+train\s+(\d+\.\d+)\s+val\s+(\d+\.\d+)", line)
+    assert losses, line
+    train_loss, val_loss = losses.groups()
+    assert 0 < float(train_loss) < 10 and 0 < float(val_loss) < 10
     study = optuna.load_study(study_name=STUDY, storage=url)
     assert len(study.trials) == 4
     assert {t.number: t.value for t in study.trials if t.number in before} == before
