@@ -185,11 +185,25 @@ def _run_one(
             catch=(Exception,),
             callbacks=[lambda _, trial: done.append(trial)],
         )
-    except KeyboardInterrupt as exc:
+    except BaseException as exc:
+        interrupt = _interrupt_behind(exc)
+        if interrupt is None:
+            raise
         if current:
-            _requeue_interrupted(study, current[0], exc)
+            _requeue_interrupted(study, current[0], interrupt)
+        if interrupt is not exc:
+            raise interrupt from None
         raise
     return done[0]
+
+
+def _interrupt_behind(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """The interrupt ``exc`` is, or was raised while handling. A signal that lands in Optuna's
+    bookkeeping after the objective (``_run_trial``'s ``tell``) comes out of ``optimize`` as
+    an ``UnboundLocalError`` from its ``finally``, with the interrupt as its context."""
+    while exc is not None and not isinstance(exc, KeyboardInterrupt):
+        exc = exc.__context__
+    return exc
 
 
 def _requeue_interrupted(study: optuna.Study, trial_id: int, exc: KeyboardInterrupt) -> None:
