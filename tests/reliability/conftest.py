@@ -34,8 +34,8 @@ def start(tmp_path):
     running (a failed assertion mid-way) is killed at teardown, with all its descendants."""
     procs = []
 
-    def start_in_tmp(*args: str):
-        proc = start_search(tmp_path, *args)
+    def start_in_tmp(*args: str, **kwargs: str):
+        proc = start_search(tmp_path, *args, **kwargs)
         procs.append(proc)
         return proc
 

@@ -27,16 +27,16 @@ params:
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def search_command(cwd: Path, *args: str) -> list[str]:
-    (cwd / "space.yaml").write_text(SPACE)
+def search_command(cwd: Path, *args: str, space: str = SPACE) -> list[str]:
+    (cwd / "space.yaml").write_text(space)
     exe = shutil.which("autoclf", path=str(Path(sys.executable).parent)) or "autoclf"
     return [exe, "search", "digits", "--study", STUDY, "--space", "space.yaml", "--folds", "2",
             *args]  # fmt: skip
 
 
-def start_search(cwd: Path, *args: str) -> subprocess.Popen:
+def start_search(cwd: Path, *args: str, space: str = SPACE) -> subprocess.Popen:
     return subprocess.Popen(
-        search_command(cwd, *args),
+        search_command(cwd, *args, space=space),
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -44,9 +44,15 @@ def start_search(cwd: Path, *args: str) -> subprocess.Popen:
     )
 
 
-def run_search(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_search(
+    cwd: Path, *args: str, space: str = SPACE, timeout: float = 300
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        search_command(cwd, *args), cwd=cwd, capture_output=True, text=True, timeout=timeout
+        search_command(cwd, *args, space=space),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

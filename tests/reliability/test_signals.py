@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from tests.reliability.helpers import (
     FINISHED,
+    SPACE,
     alive,
     descendants,
     finished_snapshot,
@@ -21,12 +22,17 @@ from tests.reliability.helpers import (
     wait_for,
 )
 
+# Longer trials than the other reliability tests: the trial caught running must still be
+# running when the signal lands, not finished in between (a 4-epoch trial on a fast CPU was).
+LONGER = SPACE.replace("epochs: 2", "epochs: 6")
+
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_mid_trial_requeues_it_and_the_same_command_resumes(tmp_path, start, signum):
+    assert LONGER != SPACE
     url = storage_url(tmp_path)
     args = ("--trials", "3", "--gpus", "cpu", "--workers", "2")
-    search = start(*args)
+    search = start(*args, space=LONGER)
     victim = wait_for("a running trial", lambda: running_trial(url))
     children = descendants(search.pid)
     assert children  # the two workers at least
@@ -47,7 +53,7 @@ def test_signal_mid_trial_requeues_it_and_the_same_command_resumes(tmp_path, sta
         return  # resuming is the same after either signal; once is enough
 
     before = finished_snapshot(url)
-    again = run_search(tmp_path, *args)
+    again = run_search(tmp_path, *args, space=LONGER)
     assert again.returncode == 0, again.stderr + again.stdout
     ts = trials(url)
     assert sum(t.state in FINISHED for t in ts) == 3
