@@ -16,7 +16,6 @@ from autoclf.search.storage import claim_lock
 def test_an_interrupt_in_optunas_tell_fails_and_requeues_the_trial(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(study_name="w", storage=url, direction="maximize")
-    real_tell = optuna.study._optimize._tell_with_warning
 
     def interrupted_tell(**kwargs):  # the signal arrives as the state is about to be written
         raise worker.Interrupted(signal.SIGINT)
@@ -29,7 +28,6 @@ def test_an_interrupt_in_optunas_tell_fails_and_requeues_the_trial(tmp_path, mon
     with pytest.raises(worker.Interrupted):
         worker._run_one(study, lambda trial: trial.suggest_float("x", 0, 1), claim)
 
-    monkeypatch.setattr(optuna.study._optimize, "_tell_with_warning", real_tell)
     stopped, queued = study.trials
     assert stopped.state == TrialState.FAIL
     assert stopped.user_attrs["fail_reason"] == "interrupted (SIGINT)"
