@@ -715,7 +715,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(title: str) -> Table:
+def _table(title: str | None) -> Table:
     """The look of every autoclf table: no box, underlined headers, one space between columns."""
     return Table(
         title=title,
@@ -769,7 +769,9 @@ def _print_test(result, metric: str) -> None:
         f"log_loss {m['log_loss']:.4f}",
         highlight=False,
     )
-    matrix = _table("confusion matrix (rows: true, columns: predicted)")
+    # The title goes on its own line: as a table title it would wrap to the (narrow) table.
+    console.print("confusion matrix (rows: true, columns: predicted)", highlight=False)
+    matrix = _table(None)
     matrix.add_column("")
     for c in result.classes:
         matrix.add_column(c, justify="right")

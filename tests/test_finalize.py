@@ -233,6 +233,8 @@ def test_predict_in_a_fresh_process_matches_finalize(studies, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "test: 360 images" in done.stdout
+    # The matrix's heading is one line, not wrapped to the width of the matrix.
+    assert "confusion matrix (rows: true, columns: predicted)" in done.stdout.splitlines()
     out = tmp_path / "again.csv"
     pred = subprocess.run(
         [
