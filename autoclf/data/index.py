@@ -78,6 +78,7 @@ def _index_folder(root: Path) -> DataIndex:
     )
     if not class_dirs:
         raise DataError(f"{root} has no class sub-folders (expected ROOT/<class>/<image>)")
+    _refuse_split_folders(root, class_dirs)
     paths: list[str] = []
     labels: list[int] = []
     for label, class_dir in enumerate(class_dirs):
@@ -91,6 +92,33 @@ def _index_folder(root: Path) -> DataIndex:
         paths.extend(str(f) for f in files)
         labels.extend([label] * len(files))
     return DataIndex(tuple(paths), tuple(labels), tuple(d.name for d in class_dirs))
+
+
+# Folder names that mean a split of the data, not a class.
+SPLIT_NAMES = frozenset(
+    {"train", "training", "val", "valid", "validation", "test", "testing", "dev", "holdout"}
+)
+
+
+def _refuse_split_folders(root: Path, class_dirs: list[Path]) -> None:
+    """Stop on ROOT/train/<class>/…, ROOT/val/<class>/…: indexed as it stands, the search would
+    learn to tell the splits apart, and the held-out images would be trained on."""
+    splits = {}
+    for d in class_dirs:
+        if d.name.lower() not in SPLIT_NAMES:
+            continue
+        subs = sorted(s.name for s in d.iterdir() if s.is_dir() and not s.name.startswith("."))
+        direct = any(f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS for f in d.iterdir())
+        if subs and not direct:
+            splits[d.name] = subs
+    if splits:
+        first = next(iter(splits))
+        held = ", ".join(f"{name}/ ({', '.join(subs)})" for name, subs in splits.items())
+        raise DataError(
+            f"{root} looks like a train/val/test split, not a folder of classes: {held} "
+            f"hold class folders of their own. Give one split as DATA, e.g. {root / first}, "
+            "and a held-out one to 'finalize --test'"
+        )
 
 
 def _index_csv(csv_path: Path) -> DataIndex:

@@ -30,6 +30,29 @@ def test_folder_without_class_folders(tmp_path):
         build_index(tmp_path / "flat", datasets_dir=tmp_path)
 
 
+def test_folder_of_splits_is_refused_with_the_split_to_give(tmp_path):
+    for split in ("train", "val"):
+        for label in ("ants", "bees"):
+            save_image(tmp_path / "data" / split / label / "a.png")
+    with pytest.raises(DataError, match=r"train/ \(ants, bees\), val/ \(ants, bees\)") as err:
+        build_index(tmp_path / "data", datasets_dir=tmp_path)
+    assert str((tmp_path / "data" / "train").resolve()) in str(err.value)
+    # One of the splits is a folder of classes, and indexes as one.
+    assert build_index(tmp_path / "data" / "train", datasets_dir=tmp_path).classes == (
+        "ants",
+        "bees",
+    )
+
+
+def test_class_named_like_a_split_with_its_images_in_it_is_a_class(tmp_path):
+    # Images nested in a class folder stay that class's; "test" holding images is a class.
+    save_image(tmp_path / "data" / "test" / "a.png")
+    save_image(tmp_path / "data" / "test" / "batch2" / "b.png")
+    save_image(tmp_path / "data" / "other" / "sub" / "c.png")
+    index = build_index(tmp_path / "data", datasets_dir=tmp_path)
+    assert index.class_counts() == {"other": 1, "test": 2}
+
+
 def test_missing_data_is_named(tmp_path):
     with pytest.raises(DataError, match="nope"):
         build_index(tmp_path / "nope", datasets_dir=tmp_path)
