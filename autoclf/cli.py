@@ -378,7 +378,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print(f"… and {len(status.failures) - 5} more failed trial(s)", highlight=False)
     of_budget = "" if status.epoch_budget is None else f" of --epoch-budget {status.epoch_budget}"
     console.print(f"epochs trained: {status.epochs_trained}{of_budget}", highlight=False)
-    left = "unknown" if status.eta_s is None else f"about {_duration(status.eta_s)}"
+    if status.eta_s is None:
+        left = "unknown"
+    else:
+        left = "none" if status.eta_s == 0 else f"about {_duration(status.eta_s)}"
     console.print(f"time left: [bold]{left}[/] ({status.eta_basis})", highlight=False)
     return 0
 

@@ -185,4 +185,5 @@ def test_epoch_budget_runs_what_fits_through_the_workers_then_nothing(searched):
     status = autoclf("status", "--study", STUDY, cwd=cwd)
     assert status.returncode == 0, status.stderr
     assert f"epochs trained: {now} of --epoch-budget {budget}" in status.stdout
+    assert "time left: none (no trial running and none left to start)" in status.stdout
     assert len(optuna.load_study(study_name=STUDY, storage=url).trials) == len(after)
