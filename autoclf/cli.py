@@ -256,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="images to predict after finalizing (labelled data also gets scored)",
     )
     final.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out --test images that cannot be decoded (listed, and in summary.json) "
+        "instead of stopping",
+    )
+    final.add_argument(
         "--top-k",
         type=_positive_int,
         default=5,
@@ -308,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         default=None,
         help="CSV to write (default studies/NAME/final/predictions-<DATA name>.csv)",
+    )
+    pred.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out images that cannot be decoded (listed) instead of stopping",
     )
     pred.add_argument("--studies-dir", default="studies")
     pred.add_argument("--device", default="auto")
@@ -680,6 +691,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
         tta=args.tta,
         refit=args.refit,
         test=_data_arg(args.test) if args.test else None,
+        skip_bad_images=args.skip_bad_images,
         device=args.device,
         loader_workers=args.loader_workers,
     )
@@ -694,8 +706,14 @@ def cmd_finalize(args: argparse.Namespace) -> int:
     for note in result.notes:
         console.print(f"note: {note}")
     if result.test is not None:
-        _print_test(result.test, result.metric)
-        console.print(f"predictions: {result.final_dir / 'predictions.csv'}", soft_wrap=True)
+        _print_skipped(result.test.skipped)
+        if result.test.labels is not None:  # unlabelled test images are predicted, not scored
+            _print_test(result.test, result.metric)
+        console.print(
+            f"predictions: {len(result.test.paths)} images, {result.final_dir / 'predictions.csv'}",
+            soft_wrap=True,
+            highlight=False,
+        )
     console.print(f"ensemble: {result.final_dir / 'manifest.json'}", soft_wrap=True)
     console.print(f"summary: {result.final_dir / 'summary.json'}", soft_wrap=True)
     return 0
@@ -708,14 +726,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
     final_dir = Path(args.studies_dir).resolve() / args.study / "final"
     data = _data_arg(args.data)
     result = predict(
-        final_dir, data, device=resolve_device(args.device), studies_dir=args.studies_dir
+        final_dir,
+        data,
+        device=resolve_device(args.device),
+        studies_dir=args.studies_dir,
+        skip_bad=args.skip_bad_images,
     )
     out = Path(args.out) if args.out else final_dir / f"predictions-{Path(data).name or 'data'}.csv"
     write_predictions(result, out)
+    _print_skipped(result.skipped)
     console.print(f"{len(result.paths)} predictions: {out}", soft_wrap=True, highlight=False)
     if result.labels is not None:
         _print_test(result, "accuracy")
     return 0
+
+
+def _print_skipped(skipped: dict[str, str]) -> None:
+    """The images --skip-bad-images left out of the predictions, each with its reason."""
+    if skipped:
+        console.print(
+            f"[yellow]left out {len(skipped)} image(s) that cannot be decoded[/] (no prediction):",
+            highlight=False,
+        )
+        for reason in skipped.values():  # each reason names its file
+            console.print(f"  {reason}", highlight=False, soft_wrap=True)
 
 
 def _table(title: str | None) -> Table:

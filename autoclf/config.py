@@ -103,6 +103,7 @@ class FinalizeConfig:
     tta: str = "auto"  # auto | off | a number of views
     refit: str = "full"  # full (retrain on all data) | folds (keep the K fold models)
     test: str | None = None
+    skip_bad_images: bool = False  # leave out test images that cannot be decoded
     device: str = "auto"
     loader_workers: int | None = None
 

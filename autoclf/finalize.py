@@ -36,7 +36,7 @@ from autoclf.errors import AutoclfError
 from autoclf.inference import VIEWS, Preprocess, View, predict_views, views_for
 from autoclf.metrics import Metric, get_metric
 from autoclf.models import load_trained
-from autoclf.predict import PredictResult, predict, write_predictions
+from autoclf.predict import PredictResult, load_images, predict, write_predictions
 from autoclf.search import weights
 from autoclf.search.objective import trial_dir_of, trial_seed
 from autoclf.study import StudyFiles, best_first, load_study, open_study_dir
@@ -81,6 +81,17 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
     labels = files.index.label_array
     final_dir = files.dir / "final"
 
+    if config.test is not None:
+        # Index and decode the test images before any training: a wrong path or a broken
+        # image stops here, not after the members are retrained.
+        load_images(
+            config.test,
+            classes=files.index.classes,
+            size=files.space.max_image_size,
+            final_dir=final_dir,
+            studies_dir=config.studies_dir,
+            skip_bad=config.skip_bad_images,
+        )
     trials = _complete_trials(study, files)
     kept = {t.number for t in trials}
     elsewhere = [
@@ -188,7 +199,13 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
     )
     if config.test is not None:
         on_step(f"predicting {config.test}")
-        result.test = predict(final_dir, config.test, device=device, studies_dir=config.studies_dir)
+        result.test = predict(
+            final_dir,
+            config.test,
+            device=device,
+            studies_dir=config.studies_dir,
+            skip_bad=config.skip_bad_images,
+        )
         write_predictions(result.test, final_dir / "predictions.csv")
     atomic.write_json(final_dir / "summary.json", _summary(result, config))
     return result
@@ -417,4 +434,6 @@ def _summary(result: FinalResult, config: FinalizeConfig) -> dict:
             "rows": len(result.test.paths),
             **result.test.metrics,
         }
+        if result.test.skipped:  # --skip-bad-images: not predicted, and why
+            summary["test"]["skipped"] = result.test.skipped
     return summary

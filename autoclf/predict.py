@@ -15,7 +15,7 @@ from sklearn.metrics import confusion_matrix
 
 from autoclf import atomic
 from autoclf.config import TrainParams
-from autoclf.data import build_cache
+from autoclf.data import ImageCache, build_cache
 from autoclf.data.index import build_prediction_index
 from autoclf.ensemble import vote
 from autoclf.errors import AutoclfError
@@ -31,6 +31,7 @@ class PredictResult:
     probs: np.ndarray  # (images, classes): probabilities (soft vote) or vote shares (hard)
     labels: np.ndarray | None  # true labels, where the data has them
     metrics: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # left out, undecodable: path → why
 
     @property
     def predicted(self) -> np.ndarray:
@@ -44,16 +45,58 @@ def load_manifest(final_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+@dataclass
+class Images:
+    """The images to predict, decoded: those left out (``skipped``) are not in the others."""
+
+    paths: tuple[str, ...]
+    labels: np.ndarray | None
+    cache: ImageCache
+    skipped: dict[str, str]
+
+
+def load_images(
+    data: str,
+    *,
+    classes: tuple[str, ...],
+    size: int,
+    final_dir: str | Path,
+    studies_dir: str | Path = "studies",
+    skip_bad: bool = False,
+) -> Images:
+    """Index and decode ``data`` into the final folder's cache. An undecodable image stops with
+    every such path named, or with ``skip_bad`` is left out."""
+    paths, labels = build_prediction_index(
+        data, classes=classes, datasets_dir=Path(studies_dir).resolve() / "_datasets"
+    )
+    cache = build_cache(paths, size=size, cache_dir=Path(final_dir) / "cache", skip_bad=skip_bad)
+    if cache.skipped:
+        keep = [i for i, p in enumerate(paths) if p not in cache.skipped]
+        paths = tuple(paths[i] for i in keep)
+        labels = labels[keep] if labels is not None else None
+    return Images(paths, labels, cache, dict(cache.skipped))
+
+
 def predict(
-    final_dir: str | Path, data: str, *, device: torch.device, studies_dir: str | Path = "studies"
+    final_dir: str | Path,
+    data: str,
+    *,
+    device: torch.device,
+    studies_dir: str | Path = "studies",
+    skip_bad: bool = False,
 ) -> PredictResult:
     final_dir = Path(final_dir)
     manifest = load_manifest(final_dir)
     classes = tuple(manifest["classes"])
-    paths, labels = build_prediction_index(
-        data, classes=classes, datasets_dir=Path(studies_dir).resolve() / "_datasets"
+    images = load_images(
+        data,
+        classes=classes,
+        size=manifest["cache_size"],
+        final_dir=final_dir,
+        studies_dir=studies_dir,
+        skip_bad=skip_bad,
     )
-    cache = build_cache(paths, size=manifest["cache_size"], cache_dir=final_dir / "cache")
+    paths, labels, cache = images.paths, images.labels, images.cache
     member_probs = []
     for member in manifest["members"]:
         params = TrainParams.from_dict(member["params"])
@@ -70,7 +113,7 @@ def predict(
             del model  # one member's model in memory at a time
         member_probs.append((total / len(member["weights"])).astype(np.float32))
     probs = vote(manifest["vote"], member_probs, [m["weight"] for m in manifest["members"]])
-    result = PredictResult(paths, classes, probs, labels)
+    result = PredictResult(paths, classes, probs, labels, skipped=images.skipped)
     if labels is not None:
         result.metrics = {name: metric(labels, probs) for name, metric in METRICS.items()}
         result.metrics["confusion_matrix"] = confusion_matrix(

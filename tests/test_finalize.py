@@ -110,6 +110,29 @@ def test_outputs_scores_and_test_predictions(studies):
     )
 
 
+def test_a_broken_test_image_stops_finalize_before_training_or_is_left_out(studies, tmp_path):
+    from autoclf.data import BadImagesError
+
+    test_dir = tmp_path / "test"
+    test_dir.mkdir()
+    for i, source in enumerate(sorted((studies / "_datasets").rglob("*.png"))[:3]):
+        shutil.copy(source, test_dir / f"{i}.png")
+    (test_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    steps: list[str] = []
+    options = dict(study="s", studies_dir=str(studies), top_k=1, tta="off", test=str(test_dir))
+    with pytest.raises(BadImagesError, match="broken.png"):
+        finalize(FinalizeConfig(**options), on_step=steps.append)
+    assert steps == [] and not (studies / "s" / "final" / "members").exists()  # nothing trained
+
+    result = finalize(FinalizeConfig(**options, skip_bad_images=True))
+    broken = str(test_dir / "broken.png")
+    assert list(result.test.skipped) == [broken] and "broken.png" in result.test.skipped[broken]
+    summary = json.loads((studies / "s" / "final" / "summary.json").read_text())
+    assert list(summary["test"]["skipped"]) == [broken] and summary["test"]["rows"] == 3
+    rows = list(csv.reader((studies / "s" / "final" / "predictions.csv").open()))
+    assert [Path(r[0]).name for r in rows[1:]] == ["0.png", "1.png", "2.png"]
+
+
 def test_member_oof_reproduces_the_search(studies):
     result, summary, _ = _finalize(studies, top_k=1, tta="off", select="topk")
     member = summary["members"][0]
@@ -210,6 +233,31 @@ def test_interrupted_finalize_resumes_without_redoing_work(studies, monkeypatch)
     # 2 members x (2 folds + 1 full refit) = 6 runs in all; 2 were done before the interrupt.
     assert len(calls) == 6 - 2
     assert len(summary["members"]) == 2 and (studies / "s" / "final" / "manifest.json").is_file()
+
+
+def test_finalize_cli_predicts_unlabelled_test_images_and_can_leave_out_a_broken_one(
+    studies, tmp_path
+):
+    test_dir = tmp_path / "new images"
+    test_dir.mkdir()
+    for i, source in enumerate(sorted((studies / "_datasets").rglob("*.png"))[:2]):
+        shutil.copy(source, test_dir / f"{i}.png")
+    (test_dir / "broken.png").write_bytes(b"not an image")
+    command = [str(Path(sys.executable).parent / "autoclf"), "finalize", "--study", "s"]
+    command += ["--studies-dir", str(studies), "--top-k", "1", "--tta", "off"]
+    command += ["--test", str(test_dir)]
+    stopped = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert stopped.returncode != 0 and "broken.png" in stopped.stderr
+    assert "--skip-bad-images" in stopped.stderr
+    done = subprocess.run(
+        [*command, "--skip-bad-images"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    out = " ".join(done.stdout.split())  # rich wraps long lines
+    assert "left out 1 image(s) that cannot be decoded" in out and "broken.png" in out
+    assert "predictions: 2 images" in out and "test:" not in out  # no labels, no scores
+    rows = list(csv.reader((studies / "s" / "final" / "predictions.csv").open()))
+    assert [Path(r[0]).name for r in rows[1:]] == ["0.png", "1.png"]
 
 
 def test_predict_in_a_fresh_process_matches_finalize(studies, tmp_path):
