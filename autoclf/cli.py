@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from autoclf import __version__
-from autoclf.config import SearchConfig
+from autoclf.config import SearchConfig, study_path
 from autoclf.data.index import BUILTIN
 from autoclf.errors import AutoclfError
 from autoclf.metrics import AUTO, IMBALANCED, METRICS, imbalance_ratio
@@ -723,7 +723,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from autoclf.predict import predict, write_predictions
     from autoclf.trainer import resolve_device
 
-    final_dir = Path(args.studies_dir).resolve() / args.study / "final"
+    final_dir = study_path(args.studies_dir, args.study) / "final"
     data = _data_arg(args.data)
     result = predict(
         final_dir,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
+
+from autoclf.errors import AutoclfError
 
 SCHEDULERS = ("cosine", "onecycle", "step", "plateau", "constant")
 # Class imbalance: none; weights (the loss weighs each class by n / (classes * n_class));
@@ -109,3 +112,14 @@ class FinalizeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def study_path(studies_dir: str | Path, study: str) -> Path:
+    """``studies_dir/study``, for a study name that is one plain folder name: a name such as
+    ``a/b`` or ``../x`` would put the study's files somewhere else."""
+    if not study or not study[0].isalnum() or not all(c.isalnum() or c in "-_." for c in study):
+        raise AutoclfError(
+            f"study name {study!r}: use letters, digits, '-', '_' and '.', starting with a "
+            "letter or digit (it names the study's folder under --studies-dir)"
+        )
+    return Path(studies_dir).resolve() / study

@@ -10,7 +10,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoclf.config import SearchConfig
+from autoclf.config import SearchConfig, study_path
 from autoclf.data import DataIndex, load_index
 from autoclf.errors import AutoclfError
 from autoclf.search.space import SearchSpace, parse_space
@@ -34,7 +34,7 @@ class StudyFiles:
 
 
 def open_study_dir(studies_dir: str | Path, name: str) -> StudyFiles:
-    study_dir = Path(studies_dir).resolve() / name
+    study_dir = study_path(studies_dir, name)
     if not (study_dir / "index.csv").is_file():
         raise AutoclfError(
             f"no study {name!r} in {study_dir.parent} (no index.csv); run `autoclf search` first, "

@@ -22,7 +22,7 @@ import torch
 
 import autoclf
 from autoclf import atomic
-from autoclf.config import SearchConfig
+from autoclf.config import SearchConfig, study_path
 from autoclf.data import (
     DataIndex,
     Duplicates,
@@ -95,7 +95,7 @@ class PreparedSearch:
 
 
 def study_dir_for(config: SearchConfig) -> Path:
-    return Path(config.studies_dir).resolve() / config.study
+    return study_path(config.studies_dir, config.study)
 
 
 def prepare(

@@ -257,6 +257,17 @@ def test_epoch_budget_counts_every_trial_and_holds_a_whole_trial_per_running_one
     assert EpochBudget(total=10, per_trial=6).trials_left(trials) == 0  # overspent: none, not -1
 
 
+@pytest.mark.parametrize("name", ["../outside", "a/b", ".hidden", "", "with space"])
+def test_a_study_name_that_is_not_one_folder_name_is_refused(config, tmp_path, name):
+    from autoclf.study import open_study_dir
+
+    with pytest.raises(AutoclfError, match="study name"):
+        prepare(dataclasses.replace(config, study=name, studies_dir=str(tmp_path / "studies")))
+    with pytest.raises(AutoclfError, match="study name"):
+        open_study_dir(tmp_path / "studies", name)
+    assert not (tmp_path / "outside").exists() and not (tmp_path / "studies").exists()
+
+
 def test_log_loss_study_minimises(config):
     prepared = prepare(SearchConfig(**{**config.to_dict(), "metric": "log_loss", "trials": 1}))
     study = run(prepared)
