@@ -60,6 +60,12 @@ def open_storage(url: str, *, heartbeat: int = HEARTBEAT_INTERVAL_S) -> optuna.s
                 heartbeat_stale_trial_callback=retry_trial,
             )
             break
+        except ImportError as exc:  # Optuna's own message names no driver and no fix
+            cause = exc.__cause__ or exc
+            raise ImportError(
+                f"no database driver for {mask_url(url).split('://')[0]}:// URLs ({cause}); "
+                "install them with pip install 'autoclf[postgres]'"
+            ) from exc
         except sqlalchemy.exc.SQLAlchemyError as exc:
             # Two processes creating a new database's tables at once (two machines starting
             # together, a dashboard opened early): the loser finds them made on a second try.

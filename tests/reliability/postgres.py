@@ -118,7 +118,8 @@ def throwaway_postgres(bindir: Path) -> Iterator[str]:
         )  # fmt: skip
         if result.returncode:
             raise fail("creating the role and database", result)
-        yield f"postgresql+psycopg2://{ROLE}:{PASSWORD}@127.0.0.1:{port}/{DATABASE}"
+        # The plain form, as the README tells users to write it.
+        yield f"postgresql://{ROLE}:{PASSWORD}@127.0.0.1:{port}/{DATABASE}"
     finally:
         if (data / "postmaster.pid").exists():
             run(str(bindir / "pg_ctl"), "-w", "-D", str(data), "-m", "fast", "stop")

@@ -40,3 +40,15 @@ def test_postgres_server_shared_by_two_processes(postgres_url: str) -> None:
     finally:
         optuna.delete_study(study_name=name, storage=storage)
         storage.engine.dispose()
+
+
+def test_both_postgresql_drivers_open_the_storage(postgres_url: str) -> None:
+    from autoclf.search.storage import open_storage
+
+    for scheme in ("postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
+        storage = open_storage(postgres_url.replace("postgresql://", f"{scheme}://", 1))
+        try:
+            assert storage.engine.dialect.name == "postgresql"
+            optuna.get_all_study_summaries(storage)  # a real query through the driver
+        finally:
+            storage.engine.dispose()

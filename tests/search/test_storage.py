@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from autoclf.search.storage import dashboard_command, mask_url
+from autoclf.search.storage import dashboard_command, mask_url, open_storage
 
 
 @pytest.mark.parametrize(
@@ -21,3 +23,12 @@ from autoclf.search.storage import dashboard_command, mask_url
 def test_mask_url(url, masked):
     assert mask_url(url) == masked
     assert "s3cr" not in dashboard_command(url)
+
+
+def test_a_missing_database_driver_names_the_url_kind_and_the_extra(monkeypatch):
+    # None in sys.modules makes `import psycopg` (and psycopg2) fail as if not installed.
+    for driver in ("psycopg", "psycopg2"):
+        monkeypatch.setitem(sys.modules, driver, None)
+    with pytest.raises(ImportError, match=r"postgresql:// URLs .*autoclf\[postgres\]") as err:
+        open_storage("postgresql://alice:s3cret@127.0.0.1:1/db")
+    assert "s3cret" not in str(err.value)
