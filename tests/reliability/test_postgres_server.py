@@ -42,11 +42,21 @@ def test_postgres_server_shared_by_two_processes(postgres_url: str) -> None:
         storage.engine.dispose()
 
 
-def test_both_postgresql_drivers_open_the_storage(postgres_url: str) -> None:
+def test_both_postgresql_drivers_open_the_storage_with_the_password_in_the_environment(
+    postgres_url: str, monkeypatch
+) -> None:
+    from sqlalchemy.engine import make_url
+
     from autoclf.search.storage import open_storage
 
+    url = make_url(postgres_url)
+    if url.password:  # the README's advice: keep it out of the URL (and config.json)
+        monkeypatch.setenv("PGPASSWORD", url.password)
+    port = f":{url.port}" if url.port else ""
+    bare = f"postgresql://{url.username}@{url.host}{port}/{url.database}"
+    assert bare.startswith("postgresql://") and str(url.password) not in bare
     for scheme in ("postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
-        storage = open_storage(postgres_url.replace("postgresql://", f"{scheme}://", 1))
+        storage = open_storage(bare.replace("postgresql://", f"{scheme}://", 1))
         try:
             assert storage.engine.dialect.name == "postgresql"
             optuna.get_all_study_summaries(storage)  # a real query through the driver
