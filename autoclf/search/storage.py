@@ -61,10 +61,14 @@ def open_storage(url: str, *, heartbeat: int = HEARTBEAT_INTERVAL_S) -> optuna.s
             )
             break
         except ImportError as exc:  # Optuna's own message names no driver and no fix
-            cause = exc.__cause__ or exc
-            raise ImportError(
-                f"no database driver for {mask_url(url).split('://')[0]}:// URLs ({cause}); "
+            scheme = url.split("://")[0]
+            fix = (
                 "install them with pip install 'autoclf[postgres]'"
+                if scheme.startswith("postgres")
+                else "install the module it names"
+            )
+            raise ImportError(
+                f"no database driver for {scheme}:// URLs ({exc.__cause__ or exc}); {fix}"
             ) from exc
         except sqlalchemy.exc.SQLAlchemyError as exc:
             # Two processes creating a new database's tables at once (two machines starting
