@@ -81,10 +81,11 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
     labels = files.index.label_array
     final_dir = files.dir / "final"
 
+    test_images = None
     if config.test is not None:
         # Index and decode the test images before any training: a wrong path or a broken
         # image stops here, not after the members are retrained.
-        load_images(
+        test_images = load_images(
             config.test,
             classes=files.index.classes,
             size=files.space.max_image_size,
@@ -199,13 +200,7 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
     )
     if config.test is not None:
         on_step(f"predicting {config.test}")
-        result.test = predict(
-            final_dir,
-            config.test,
-            device=device,
-            studies_dir=config.studies_dir,
-            skip_bad=config.skip_bad_images,
-        )
+        result.test = predict(final_dir, config.test, device=device, images=test_images)
         write_predictions(result.test, final_dir / "predictions.csv")
     atomic.write_json(final_dir / "summary.json", _summary(result, config))
     return result

@@ -84,18 +84,22 @@ def predict(
     device: torch.device,
     studies_dir: str | Path = "studies",
     skip_bad: bool = False,
+    images: Images | None = None,
 ) -> PredictResult:
+    """Predict ``data`` with the ensemble in ``final_dir``; ``images``: ``data`` already
+    loaded by :func:`load_images` (as finalize does before it trains)."""
     final_dir = Path(final_dir)
     manifest = load_manifest(final_dir)
     classes = tuple(manifest["classes"])
-    images = load_images(
-        data,
-        classes=classes,
-        size=manifest["cache_size"],
-        final_dir=final_dir,
-        studies_dir=studies_dir,
-        skip_bad=skip_bad,
-    )
+    if images is None:
+        images = load_images(
+            data,
+            classes=classes,
+            size=manifest["cache_size"],
+            final_dir=final_dir,
+            studies_dir=studies_dir,
+            skip_bad=skip_bad,
+        )
     paths, labels, cache = images.paths, images.labels, images.cache
     member_probs = []
     for member in manifest["members"]:
