@@ -18,6 +18,7 @@ from rich.text import Text
 
 from autoclf import __version__
 from autoclf.config import SearchConfig, study_path
+from autoclf.data.folds import describe_cv
 from autoclf.data.index import BUILTIN
 from autoclf.errors import AutoclfError
 from autoclf.metrics import AUTO, IMBALANCED, METRICS, imbalance_ratio
@@ -656,6 +657,12 @@ def _print_study(prepared, *, chosen: bool) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    cv = describe_cv(
+        config.folds,
+        by_group=prepared.index.groups is not None,
+        by_duplicates=config.duplicates == "group"
+        and (prepared.study_dir / "duplicates.csv").is_file(),
+    )
     console.print(
         f"study [bold]{study.study_name}[/]: "
         + (
@@ -663,7 +670,7 @@ def _print_study(prepared, *, chosen: bool) -> None:
             if prepared.resumed
             else "created"
         )
-        + f"; {config.folds}-fold CV on {config.metric}; space {prepared.space.name}"
+        + f"; {cv} on {config.metric}; space {prepared.space.name}"
     )
     # soft_wrap: a command or URL broken over two lines cannot be copied and pasted.
     console.print(f"storage: {mask_url(prepared.storage_url)}", highlight=False, soft_wrap=True)

@@ -143,6 +143,7 @@ def test_resume_counts_finished_trials_and_keeps_folds(searched):
     out = search_digits(cwd, trials=4, folds=2, extra=("--verbose",))
     assert out.returncode == 0, out.stderr
     assert "resumed with 3 finished trial(s)" in out.stdout
+    assert "2-fold stratified CV" in out.stdout
     # --verbose: every epoch of the new trial stays on the screen (the tiny space's pruner
     # checks nothing before a trial's n_warmup_steps-th epoch).
     tiny = load_space("tiny")

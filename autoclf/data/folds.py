@@ -52,3 +52,11 @@ def assign_folds(
     if empty:
         raise DataError(f"fold(s) {empty} came out empty; lower --folds")
     return folds
+
+
+def describe_cv(n_splits: int, *, by_group: bool, by_duplicates: bool) -> str:
+    """How a study's folds were made, for its messages and report."""
+    kept = [w for w, on in (("its groups", by_group), ("near-duplicates", by_duplicates)) if on]
+    return f"{n_splits}-fold stratified CV" + (
+        f", {' and '.join(kept)} kept within one fold" if kept else ""
+    )

@@ -12,6 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoclf import atomic
 from autoclf.data.cache import resize_square
+from autoclf.data.folds import describe_cv
 from autoclf.data.images import load_rgb
 from autoclf.errors import AutoclfError
 from autoclf.metrics import get_metric
@@ -61,10 +62,15 @@ def _overview(files: StudyFiles, trials: list[FrozenTrial]) -> str:
     counts = {s.name: 0 for s in TrialState}
     for t in trials:
         counts[t.state.name] += 1
+    cv = describe_cv(
+        files.n_folds,
+        by_group=files.index.groups is not None,
+        by_duplicates=config.duplicates == "group" and (files.dir / "duplicates.csv").is_file(),
+    )
     rows = [
         ("data", config.data),
         ("images, classes", f"{len(files.index)}, {len(files.index.classes)}"),
-        ("metric", f"{config.metric} ({files.config.folds}-fold CV, seed {config.seed})"),
+        ("metric", f"{config.metric} ({cv}, seed {config.seed})"),
         ("space", config.space),
         ("trials", ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n)),
     ]

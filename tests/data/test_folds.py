@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from autoclf.data import assign_folds
+from autoclf.data.folds import describe_cv
 from autoclf.errors import DataError
 
 LABELS = np.repeat([0, 1, 2], [40, 30, 20])
@@ -41,3 +42,11 @@ def test_class_smaller_than_folds_is_named():
 def test_too_few_folds():
     with pytest.raises(DataError, match="folds=1"):
         assign_folds(LABELS, n_splits=1, seed=0)
+
+
+def test_describe_cv_says_what_the_folds_keep_together():
+    assert describe_cv(5, by_group=False, by_duplicates=False) == "5-fold stratified CV"
+    grouped = describe_cv(3, by_group=True, by_duplicates=False)
+    assert grouped == "3-fold stratified CV, its groups kept within one fold"
+    both = describe_cv(3, by_group=True, by_duplicates=True)
+    assert "its groups and near-duplicates kept within one fold" in both

@@ -354,3 +354,25 @@ def test_metric_auto_scores_balanced_data_by_accuracy(tmp_path):
     prepared = prepare(folder_config(tmp_path, per_class=3, folds=3))
     assert prepared.config.metric == "accuracy"
     assert prepared.study.user_attrs["metric"] == "accuracy"
+
+
+def test_csv_groups_stay_within_one_fold_through_prepare(tmp_path):
+    rows = ["path,label,group"]
+    for i in range(24):
+        save_image(tmp_path / "imgs" / f"{i}.png", seed=i)
+        rows.append(f"imgs/{i}.png,{'ab'[i % 2]},source{i // 4}")  # 6 sources of 4 images
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "space.yaml").write_text(SPACE)
+    config = SearchConfig(
+        data=str(tmp_path / "data.csv"),
+        study="s",
+        space=str(tmp_path / "space.yaml"),
+        folds=3,
+        studies_dir=str(tmp_path / "studies"),
+    )
+    prepared = prepare(config)
+    folds_of = {}
+    for group, fold in zip(prepared.index.groups, prepared.folds, strict=True):
+        folds_of.setdefault(group, set()).add(int(fold))
+    assert len(folds_of) == 6 and all(len(f) == 1 for f in folds_of.values())
+    assert sorted(set(prepared.folds.tolist())) == [0, 1, 2]
