@@ -520,7 +520,7 @@ def _print_survey(found) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     from autoclf.search import prepare  # torch and timm load here, not for --help
     from autoclf.search.pool import Pool, plan_slots
-    from autoclf.search.runner import SearchFailedError, study_dir_for
+    from autoclf.search.runner import SearchFailedError, study_dir_for, tidy_if_unbound
 
     slots = plan_slots(args.gpus, args.workers)
     on_gpu = slots[0].device == "cuda"
@@ -555,7 +555,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     view = _LiveWorkers(config.metric, verbose=args.verbose)
     # The workers start now and import torch and timm while this process prepares the study.
-    with Pool(slots, log_dir=study_dir_for(config) / "logs", on_event=view.handle) as pool:
+    study_dir = study_dir_for(config)
+    with (
+        tidy_if_unbound(study_dir),
+        Pool(slots, log_dir=study_dir / "logs", on_event=view.handle) as pool,
+    ):
         with _progress("decoding images into the cache") as advance:
             prepared = prepare(
                 config, allow_space_change=args.allow_space_change, on_cache_progress=advance

@@ -17,6 +17,7 @@ import optuna
 import pytest
 
 from autoclf.search.space import load_space
+from tests.conftest import save_image
 
 STUDY = "e2e"
 
@@ -188,3 +189,15 @@ def test_epoch_budget_runs_what_fits_through_the_workers_then_nothing(searched):
     assert f"epochs trained: {now} of --epoch-budget {budget}" in status.stdout
     assert "time left: none (no trial running and none left to start)" in status.stdout
     assert len(optuna.load_study(study_name=STUDY, storage=url).trials) == len(after)
+
+
+def test_a_first_run_stopped_by_a_bad_image_leaves_no_study_behind(tmp_path):
+    for c, name in enumerate(("a", "b")):
+        for i in range(4):
+            save_image(tmp_path / "data" / name / f"{i}.png", seed=10 * c + i)
+    (tmp_path / "data" / "a" / "broken.png").write_bytes(b"not an image")
+    out = autoclf("search", "data", "--study", "typo", "--space", "tiny", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "broken.png" in out.stderr and "--skip-bad-images" in out.stderr
+    # The worker's (empty) log and the empty cache folder went with it: no half-made study.
+    assert not (tmp_path / "studies" / "typo").exists()

@@ -12,7 +12,8 @@ import difflib
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -96,6 +97,24 @@ class PreparedSearch:
 
 def study_dir_for(config: SearchConfig) -> Path:
     return study_path(config.studies_dir, config.study)
+
+
+@contextmanager
+def tidy_if_unbound(study_dir: Path) -> Iterator[None]:
+    """Around a first run: if it stops before the study is bound (no index.csv), take away
+    the empty logs and folders it made, so a typo or a bad image leaves no study behind.
+    A log with something in it, and a cache that was written, stay."""
+    bound = (study_dir / "index.csv").is_file()
+    try:
+        yield
+    finally:
+        if not bound and not (study_dir / "index.csv").is_file():
+            for log in (study_dir / "logs").glob("*.log"):
+                if log.stat().st_size == 0:
+                    log.unlink()
+            for folder in (study_dir / "logs", study_dir / "cache", study_dir):
+                with suppress(OSError):  # not empty, or not there
+                    folder.rmdir()
 
 
 def prepare(

@@ -376,3 +376,33 @@ def test_csv_groups_stay_within_one_fold_through_prepare(tmp_path):
         folds_of.setdefault(group, set()).add(int(fold))
     assert len(folds_of) == 6 and all(len(f) == 1 for f in folds_of.values())
     assert sorted(set(prepared.folds.tolist())) == [0, 1, 2]
+
+
+def test_tidy_if_unbound_keeps_what_holds_something_and_every_bound_study(tmp_path):
+    from autoclf.search.runner import tidy_if_unbound
+
+    def make(study_dir, *, log: str, cached: bool, bound: bool):
+        (study_dir / "logs").mkdir(parents=True)
+        (study_dir / "cache").mkdir()
+        (study_dir / "logs" / "cpu0.log").write_text(log)
+        if cached:
+            (study_dir / "cache" / "images.npy").write_bytes(b"x")
+        if bound:
+            (study_dir / "index.csv").write_text("path,label,group,fold\n")
+
+    cases = {
+        "empty": dict(log="", cached=False, bound=False),
+        "told": dict(log="worker: cannot import timm\n", cached=False, bound=False),
+        "cached": dict(log="", cached=True, bound=False),
+        "bound": dict(log="", cached=False, bound=True),
+    }
+    for name, case in cases.items():
+        make(tmp_path / name, **case)
+        with pytest.raises(RuntimeError), tidy_if_unbound(tmp_path / name):
+            raise RuntimeError("stopped")
+    assert not (tmp_path / "empty").exists()
+    assert (tmp_path / "told" / "logs" / "cpu0.log").read_text().startswith("worker")
+    assert not (tmp_path / "told" / "cache").exists()
+    assert (tmp_path / "cached" / "cache" / "images.npy").exists()
+    assert not (tmp_path / "cached" / "logs").exists()
+    assert (tmp_path / "bound" / "logs" / "cpu0.log").exists()
