@@ -719,7 +719,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
     if result.test is not None:
         _print_skipped(result.test.skipped)
         if result.test.labels is not None:  # unlabelled test images are predicted, not scored
-            _print_test(result.test, result.metric)
+            _print_test(result.test)
         console.print(
             f"predictions: {len(result.test.paths)} images, {result.final_dir / 'predictions.csv'}",
             soft_wrap=True,
@@ -748,7 +748,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _print_skipped(result.skipped)
     console.print(f"{len(result.paths)} predictions: {out}", soft_wrap=True, highlight=False)
     if result.labels is not None:
-        _print_test(result, "accuracy")
+        _print_test(result)
     return 0
 
 
@@ -809,7 +809,7 @@ def _final_table(result) -> Table:
     return table
 
 
-def _print_test(result, metric: str) -> None:
+def _print_test(result) -> None:
     m = result.metrics
     console.print(
         f"test: {len(result.paths)} images  accuracy {m['accuracy']:.4f}  "
