@@ -33,7 +33,9 @@ def default_storage_url(study_dir: Path) -> str:
 
 def mask_url(url: str) -> str:
     """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db``."""
-    url = re.sub(r"(//[^:/@]*:)[^@/]*(@)", r"\1***\2", url)
+    # The password runs to the last "@" before the host: generated passwords hold "/" and ":",
+    # and one written with a bare "@" must not leave its tail in view.
+    url = re.sub(r"(//[^:/@\s]*:)[^@\s]*(?:@[^@\s/]*(?=@))*@", r"\1***@", url)
     return re.sub(r"((?:password|pass|pwd)=)[^&]*", r"\1***", url, flags=re.IGNORECASE)
 
 

@@ -18,6 +18,13 @@ from autoclf.search.storage import dashboard_command, mask_url, open_storage
         ("mysql://u:p@h/db?password=again", "mysql://u:***@h/db?password=***"),
         ("sqlite:////tmp/a/study.db", "sqlite:////tmp/a/study.db"),
         ("postgresql://carol@host/db", "postgresql://carol@host/db"),
+        # Generated passwords hold "/", "+" and ":"; a bare "@" in one is a user's slip.
+        ("postgresql://u:ab/c+d:e@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:pa@ss@h:5432/db", "postgresql://u:***@h:5432/db"),
+        (
+            "cannot open storage postgresql://u:x/y@h/db: user@h refused",
+            "cannot open storage postgresql://u:***@h/db: user@h refused",
+        ),
     ],
 )
 def test_mask_url(url, masked):
