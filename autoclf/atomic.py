@@ -23,12 +23,13 @@ os.umask(_UMASK)
 
 
 @contextmanager
-def atomic_path(target: str | Path, *, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; on success it replaces ``target``."""
+def atomic_path(target: str | Path, *, suffix: str = "", private: bool = False) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success it replaces ``target``.
+    ``private``: readable by its owner alone (a file that holds a password)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
-    os.fchmod(fd, 0o666 & ~_UMASK)
+    os.fchmod(fd, 0o600 if private else 0o666 & ~_UMASK)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -38,13 +39,14 @@ def atomic_path(target: str | Path, *, suffix: str = "") -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
-def write_text(target: str | Path, text: str) -> None:
-    with atomic_path(target) as tmp:
+def write_text(target: str | Path, text: str, *, private: bool = False) -> None:
+    with atomic_path(target, private=private) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json(target: str | Path, obj: Any) -> None:
-    write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def write_json(target: str | Path, obj: Any, *, private: bool = False) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    write_text(target, text, private=private)
 
 
 def save_npy(target: str | Path, array: np.ndarray) -> None:

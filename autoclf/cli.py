@@ -674,7 +674,7 @@ def _print_study(prepared, *, chosen: bool) -> None:
             if prepared.resumed
             else "created"
         )
-        + f"; {cv} on {config.metric}; space {prepared.space.name}"
+        + f"; {cv}; metric {config.metric}; space {prepared.space.name}"
     )
     # soft_wrap: a command or URL broken over two lines cannot be copied and pasted.
     console.print(f"storage: {mask_url(prepared.storage_url)}", highlight=False, soft_wrap=True)

@@ -16,6 +16,11 @@ def test_written_files_follow_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~mask
 
 
+def test_private_files_are_readable_by_their_owner_alone(tmp_path):
+    atomic.write_json(tmp_path / "config.json", {"storage": "postgresql://u:pw@h/db"}, private=True)
+    assert stat.S_IMODE((tmp_path / "config.json").stat().st_mode) == 0o600
+
+
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path):
     target = tmp_path / "x.npy"
     atomic.save_npy(target, np.arange(3))

@@ -141,6 +141,7 @@ def prepare(
     # stopped on bad input before that point binds nothing.
     if index_path.is_file():
         config = _resolve_auto_metric(config, study_dir)
+        config = _resolve_storage(config, study_dir)
         _check_same_config(config, study_dir)
         _check_same_space(space, study_dir, allow_change=allow_space_change)
     index = build_index(config.data, datasets_dir=Path(config.studies_dir).resolve() / "_datasets")
@@ -211,7 +212,10 @@ def prepare(
         if duplicates.groups:
             _write_duplicates(study_dir / "duplicates.csv", duplicates, index)
         save_index(index, folds, index_path)
-    atomic.write_json(study_dir / "config.json", config.to_dict())
+    # The storage URL is kept for status, report and finalize; with a password in it, the
+    # file is readable by its owner alone, as ~/.pgpass must be.
+    has_password = mask_url(storage_url) != storage_url
+    atomic.write_json(study_dir / "config.json", config.to_dict(), private=has_password)
     atomic.write_text(study_dir / "space.yaml", space.source)
     return PreparedSearch(
         config=config,
@@ -359,6 +363,29 @@ def _resolve_auto_metric(config: SearchConfig, study_dir: Path) -> SearchConfig:
     if config.metric != AUTO or not path.is_file():
         return config
     return replace(config, metric=json.loads(path.read_text())["metric"])
+
+
+def _resolve_storage(config: SearchConfig, study_dir: Path) -> SearchConfig:
+    """An existing study goes on in the storage it was created in: without ``--storage``, the
+    saved one (not a second study in the default SQLite file, whose trial numbers would
+    overwrite the first one's predictions); with another ``--storage``, an error."""
+    path = study_dir / "config.json"
+    if not path.is_file():
+        return config
+    saved = json.loads(path.read_text()).get("storage")
+    if config.storage is None:
+        return replace(config, storage=saved)
+
+    def where(url: str | None) -> str:  # the password may be given in the URL or elsewhere
+        return mask_url(url or default_storage_url(study_dir)).replace(":***@", "@")
+
+    if where(config.storage) != where(saved):
+        raise StudyMismatchError(
+            f"study {config.study!r} is stored in {where(saved)}, not in --storage "
+            f"{where(config.storage)}; leave --storage out to go on with it, or use another "
+            "--study name"
+        )
+    return config
 
 
 def _write_duplicates(path: Path, duplicates: Duplicates, index: DataIndex) -> None:

@@ -91,3 +91,6 @@ def test_two_machines_share_one_study_on_postgresql(tmp_path, postgres_url):
     logs = "".join(p.read_text() for cwd in machines for p in cwd.glob("studies/*/logs/*"))
     assert password not in "".join(out + err for out, err in outputs) + logs
     assert "***" in outputs[0][0]  # the storage line is shown, masked
+    # config.json keeps the URL for finalize, so it is readable by its owner alone.
+    for cwd in machines:
+        assert (cwd / "studies" / STUDY / "config.json").stat().st_mode & 0o077 == 0

@@ -406,3 +406,16 @@ def test_tidy_if_unbound_keeps_what_holds_something_and_every_bound_study(tmp_pa
     assert (tmp_path / "cached" / "cache" / "images.npy").exists()
     assert not (tmp_path / "cached" / "logs").exists()
     assert (tmp_path / "bound" / "logs" / "cpu0.log").exists()
+
+
+def test_a_resumed_study_stays_in_the_storage_it_was_created_in(config, tmp_path):
+    custom = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    first = prepare(dataclasses.replace(config, storage=custom))
+    first.study.enqueue_trial({"lr": 0.005})  # something in it that a second study would lack
+    # Without --storage: the saved one, not a second study in studies/s/study.db.
+    again = prepare(config)
+    assert again.storage_url == custom and len(again.study.trials) == 1
+    assert not (again.study_dir / "study.db").exists()
+    assert json.loads((again.study_dir / "config.json").read_text())["storage"] == custom
+    with pytest.raises(StudyMismatchError, match=r"stored in sqlite:///.*elsewhere\.db"):
+        prepare(dataclasses.replace(config, storage=f"sqlite:///{tmp_path / 'other.db'}"))
