@@ -126,7 +126,7 @@ def _decode_into(
 
     def work(i: int) -> None:
         try:
-            out[i] = resize_square(load_rgb(paths[i]), size)
+            out[i] = resize_square(load_rgb(paths[i], min_side=size), size)
         except DataError as exc:
             failures[paths[i]] = str(exc)
 

@@ -12,6 +12,8 @@ from autoclf.data.survey import Survey
 from autoclf.metrics import choose_metric
 from autoclf.reports.html import escape, figure, page, table, thumbnail, tile
 
+THUMBNAIL = 128  # px, the longer side of a gallery image
+
 MAX_POINTS = 5000  # image-size scatter: a sample beyond this many images
 MAX_PAIRS = 60  # duplicate pairs shown side by side
 
@@ -121,7 +123,7 @@ def _problems(survey: Survey) -> str:
             caption = f"{survey.classes[im.label]}: {Path(im.path).name}"
             tiles.append(
                 "<div class='pair'>"
-                + tile(thumbnail(load_rgb(im.path)), caption, title=im.path)
+                + tile(_thumb(im.path), caption, title=im.path)
                 + f"<div><code>{escape(im.path)}</code><br>{escape('; '.join(reasons))}</div>"
                 + "</div>"
             )
@@ -136,9 +138,7 @@ def _samples(survey: Survey, per_class: int, rng: np.random.Generator) -> str:
     for label, name in enumerate(survey.classes):
         ims = [im for im in survey.decoded if im.label == label]
         chosen = [ims[i] for i in sorted(rng.choice(len(ims), min(per_class, len(ims)), False))]
-        tiles = (
-            tile(thumbnail(load_rgb(im.path)), Path(im.path).name, title=im.path) for im in chosen
-        )
+        tiles = (tile(_thumb(im.path), Path(im.path).name, title=im.path) for im in chosen)
         parts.append(
             f"<h3>{escape(name)} <span class='muted'>({len(ims)} images)</span></h3>"
             f"<div class='grid'>{''.join(tiles)}</div>"
@@ -170,8 +170,8 @@ def _duplicates(survey: Survey) -> str:
         a, b = survey.images[i], survey.images[j]
         parts.append(
             "<div class='pair'>"
-            + tile(thumbnail(load_rgb(a.path)), survey.classes[a.label], title=a.path)
-            + tile(thumbnail(load_rgb(b.path)), survey.classes[b.label], title=b.path)
+            + tile(_thumb(a.path), survey.classes[a.label], title=a.path)
+            + tile(_thumb(b.path), survey.classes[b.label], title=b.path)
             + f"<div>{bits} of 64 hash bits differ<br><code>{escape(a.path)}</code><br>"
             f"<code>{escape(b.path)}</code></div></div>"
         )
@@ -180,3 +180,8 @@ def _duplicates(survey: Survey) -> str:
 
 def _listed(counts) -> str:
     return ", ".join(f"{key} {n}" for key, n in counts.most_common())
+
+
+def _thumb(path: str) -> str:
+    """A gallery tile's image; a large JPEG is decoded at reduced scale for it."""
+    return thumbnail(load_rgb(path, min_side=THUMBNAIL), size=THUMBNAIL)

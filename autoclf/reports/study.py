@@ -274,7 +274,7 @@ def _mistakes(files: StudyFiles, summary: dict, oof: np.ndarray) -> str:
     tiles = []
     for k, i in enumerate(worst):
         path = files.index.paths[i]
-        shown = resize_square(load_rgb(path), SHOWN)
+        shown = resize_square(load_rgb(path, min_side=SHOWN), SHOWN)
         caption = (
             f"true {classes[labels[i]]} → {classes[predicted[i]]} ({oof[i, predicted[i]]:.2f})"
         )

@@ -43,12 +43,13 @@ def test_exif_rotation_is_applied(tmp_path):
     assert load_rgb(tmp_path / "phone.jpg").shape == (30, 10, 3)
 
 
-def test_truncated_jpeg_fails_with_its_path(tmp_path):
+@pytest.mark.parametrize("min_side", [None, 16])  # in full, and at reduced scale
+def test_truncated_jpeg_fails_with_its_path(tmp_path, min_side):
     path = save_image(tmp_path / "big.jpg", size=(200, 200))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match="big.jpg"):
-        load_rgb(path)
+        load_rgb(path, min_side=min_side)
 
 
 @pytest.mark.parametrize("content", [b"", b"this is not an image"])
@@ -57,3 +58,22 @@ def test_non_image_fails_with_its_path(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(DataError, match="fake.jpg"):
         load_rgb(path)
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale_for_a_small_target(tmp_path):
+    from autoclf.data.cache import resize_square
+
+    y, x = np.mgrid[0:1200, 0:1600]
+    smooth = np.stack([x % 256, y % 256, (x + y) // 12 % 256], axis=2).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a phone photo held upright
+    Image.fromarray(smooth).save(tmp_path / "photo.jpg", quality=95, exif=exif)
+    Image.fromarray(smooth).save(tmp_path / "photo.png")
+    full = load_rgb(tmp_path / "photo.jpg")
+    reduced = load_rgb(tmp_path / "photo.jpg", min_side=100)
+    assert full.shape == (1600, 1200, 3)
+    # 1/4 scale keeps both sides at least 2 × 100 (1/8 would leave 150); still upright.
+    assert reduced.shape == (400, 300, 3)
+    diff = np.abs(resize_square(full, 100).astype(int) - resize_square(reduced, 100)).mean()
+    assert diff < 2.0
+    assert load_rgb(tmp_path / "photo.png", min_side=100).shape == (1200, 1600, 3)  # not JPEG
