@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import optuna
+from PIL import Image
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -42,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats are "experimental" in Optuna's terms; that is no news to our users.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # Photos of 90–180 megapixels are data, not attacks; beyond that PIL refuses them and the
+    # error names the file.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
         return args.run(args)
     except AutoclfError as exc:
