@@ -20,7 +20,7 @@ def load_rgb(path: str | Path, *, min_side: int | None = None) -> np.ndarray:
     ``min_side``: the array will be shrunk to that size afterwards, so a JPEG may be decoded
     at 1/2, 1/4 or 1/8 scale, as long as both sides stay at least twice ``min_side`` (the last
     step is still area averaging). A 4000×3000 photo for a 224 px cache decodes about 9×
-    faster and in a sixteenth of the memory (``benchmarks/cache.py``).
+    faster and in a sixteenth of the memory (``benchmarks/decode.py``).
 
     PIL decodes lazily, so a truncated file only fails when the pixels are read; ``load()``
     forces that here, where the error can still name the file.
