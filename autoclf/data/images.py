@@ -13,14 +13,19 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
 
+# A JPEG is not decoded at reduced scale below this many pixels a side: a 500×375 photo would
+# gain 1 ms and its cached pixels would move (benchmarks/decode.py).
+DRAFT_FLOOR = 512
+
 
 def load_rgb(path: str | Path, *, min_side: int | None = None) -> np.ndarray:
     """Decode ``path`` into an HxWx3 uint8 array, upright (EXIF) and in RGB.
 
     ``min_side``: the array will be shrunk to that size afterwards, so a JPEG may be decoded
     at 1/2, 1/4 or 1/8 scale, as long as both sides stay at least twice ``min_side`` (the last
-    step is still area averaging). A 4000×3000 photo for a 224 px cache decodes about 9×
-    faster and in a sixteenth of the memory (``benchmarks/decode.py``).
+    step is still area averaging) and at least ``DRAFT_FLOOR``. A 4000×3000 photo for a 224 px
+    cache decodes about 9× faster and in a sixteenth of the memory (``benchmarks/decode.py``);
+    a photo under twice the floor is decoded in full, as it gains little.
 
     PIL decodes lazily, so a truncated file only fails when the pixels are read; ``load()``
     forces that here, where the error can still name the file.
@@ -28,7 +33,8 @@ def load_rgb(path: str | Path, *, min_side: int | None = None) -> np.ndarray:
     try:
         with Image.open(path) as im:
             if min_side is not None:
-                im.draft("RGB", (2 * min_side, 2 * min_side))  # a no-op but for JPEG
+                side = max(2 * min_side, DRAFT_FLOOR)
+                im.draft("RGB", (side, side))  # a no-op but for JPEG
             im.load()
             im = ImageOps.exif_transpose(im)
             return _to_rgb_array(im)

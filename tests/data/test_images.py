@@ -62,18 +62,21 @@ def test_non_image_fails_with_its_path(tmp_path, content):
 
 def test_a_large_jpeg_is_decoded_at_reduced_scale_for_a_small_target(tmp_path):
     from autoclf.data.cache import resize_square
+    from autoclf.data.images import DRAFT_FLOOR
 
-    y, x = np.mgrid[0:1200, 0:1600]
-    smooth = np.stack([x % 256, y % 256, (x + y) // 12 % 256], axis=2).astype(np.uint8)
+    y, x = np.mgrid[0:2400, 0:3200]
+    smooth = np.stack([x // 4 % 256, y // 4 % 256, (x + y) // 24 % 256], axis=2).astype(np.uint8)
     exif = Image.Exif()
     exif[0x0112] = 6  # a phone photo held upright
     Image.fromarray(smooth).save(tmp_path / "photo.jpg", quality=95, exif=exif)
     Image.fromarray(smooth).save(tmp_path / "photo.png")
     full = load_rgb(tmp_path / "photo.jpg")
-    reduced = load_rgb(tmp_path / "photo.jpg", min_side=100)
-    assert full.shape == (1600, 1200, 3)
-    # 1/4 scale keeps both sides at least 2 × 100 (1/8 would leave 150); still upright.
-    assert reduced.shape == (400, 300, 3)
-    diff = np.abs(resize_square(full, 100).astype(int) - resize_square(reduced, 100)).mean()
-    assert diff < 2.0
-    assert load_rgb(tmp_path / "photo.png", min_side=100).shape == (1200, 1600, 3)  # not JPEG
+    assert full.shape == (3200, 2400, 3)
+    # Both sides stay at least DRAFT_FLOOR (1/8 would leave 300) and twice min_side; upright.
+    assert DRAFT_FLOOR == 512
+    quarter = load_rgb(tmp_path / "photo.jpg", min_side=16)
+    assert quarter.shape == (800, 600, 3)
+    assert load_rgb(tmp_path / "photo.jpg", min_side=350).shape == (1600, 1200, 3)
+    diff = np.abs(resize_square(full, 100).astype(int) - resize_square(quarter, 100)).mean()
+    assert diff < 1.0
+    assert load_rgb(tmp_path / "photo.png", min_side=16).shape == (2400, 3200, 3)  # not JPEG
