@@ -154,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="finished (complete or pruned) trials to reach in total (default 20)",
     )
     search.add_argument(
-        "--timeout", type=float, default=None, help="stop starting trials after this many seconds"
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        help="stop starting trials after this many seconds",
     )
     search.add_argument(
         "--epoch-budget",
@@ -172,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the fold weights of the best N complete trials, so that finalize need not "
         "train them again (default 5, finalize's --top-k; 0 keeps none)",
     )
-    search.add_argument("--folds", type=int, default=5, help="K for stratified K-fold (default 5)")
+    search.add_argument(
+        "--folds", type=_int_at_least(2), default=5, help="K for stratified K-fold (default 5)"
+    )
     search.add_argument(
         "--seed", type=int, default=0, help="seed for folds, sampler and training (default 0)"
     )
@@ -213,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument(
         "--loader-workers",
-        type=int,
+        type=_non_negative_int,
         default=None,
         help="DataLoader processes per worker (default: 0 on CPU, up to 8 per GPU worker)",
     )
@@ -303,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the study's storage URL, if not the one it was created with",
     )
     final.add_argument("--device", default="auto")
-    final.add_argument("--loader-workers", type=int, default=None)
+    final.add_argument("--loader-workers", type=_non_negative_int, default=None)
     final.set_defaults(run=cmd_finalize)
 
     pred = commands.add_parser(
@@ -339,17 +344,27 @@ def _add_data(command: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``low``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in "invalid int value: 'x'"
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
     return value
 
 
