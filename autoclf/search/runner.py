@@ -140,8 +140,7 @@ def prepare(
     # A study is bound to its settings once its index (the folds) is written; a first run that
     # stopped on bad input before that point binds nothing.
     if index_path.is_file():
-        config = _resolve_auto_metric(config, study_dir)
-        config = _resolve_storage(config, study_dir)
+        config = _resolve_from_saved(config, study_dir)
         _check_same_config(config, study_dir)
         _check_same_space(space, study_dir, allow_change=allow_space_change)
     index = build_index(config.data, datasets_dir=Path(config.studies_dir).resolve() / "_datasets")
@@ -357,33 +356,27 @@ def _write_excluded(path: Path, excluded: dict[str, str]) -> None:
     atomic.write_text(path, out.getvalue())
 
 
-def _resolve_auto_metric(config: SearchConfig, study_dir: Path) -> SearchConfig:
-    """``--metric auto`` on an existing study means the metric it was created with."""
-    path = study_dir / "config.json"
-    if config.metric != AUTO or not path.is_file():
-        return config
-    return replace(config, metric=json.loads(path.read_text())["metric"])
-
-
-def _resolve_storage(config: SearchConfig, study_dir: Path) -> SearchConfig:
-    """An existing study goes on in the storage it was created in: without ``--storage``, the
-    saved one (not a second study in the default SQLite file, whose trial numbers would
-    overwrite the first one's predictions); with another ``--storage``, an error."""
+def _resolve_from_saved(config: SearchConfig, study_dir: Path) -> SearchConfig:
+    """An existing study goes on as it was created: ``--metric auto`` means its metric, and no
+    ``--storage`` its storage (not a second study in the default SQLite file, whose trial
+    numbers would overwrite the first one's predictions); another ``--storage`` is an error."""
     path = study_dir / "config.json"
     if not path.is_file():
         return config
-    saved = json.loads(path.read_text()).get("storage")
+    saved = json.loads(path.read_text())
+    if config.metric == AUTO:
+        config = replace(config, metric=saved["metric"])
     if config.storage is None:
-        return replace(config, storage=saved)
+        return replace(config, storage=saved.get("storage"))
 
     def where(url: str | None) -> str:  # the password may be given in the URL or elsewhere
         return mask_url(url or default_storage_url(study_dir)).replace(":***@", "@")
 
-    if where(config.storage) != where(saved):
+    if where(config.storage) != where(saved.get("storage")):
         raise StudyMismatchError(
-            f"study {config.study!r} is stored in {where(saved)}, not in --storage "
-            f"{where(config.storage)}; leave --storage out to go on with it, or use another "
-            "--study name"
+            f"study {config.study!r} is stored in {where(saved.get('storage'))}, not in "
+            f"--storage {where(config.storage)}; leave --storage out to go on with it, or use "
+            "another --study name"
         )
     return config
 
