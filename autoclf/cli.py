@@ -762,13 +762,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         studies_dir=args.studies_dir,
         skip_bad=args.skip_bad_images,
     )
-    out = Path(args.out) if args.out else final_dir / f"predictions-{Path(data).name or 'data'}.csv"
+    out = Path(args.out) if args.out else final_dir / predictions_name(data)
     write_predictions(result, out)
     _print_skipped(result.skipped)
     console.print(f"{len(result.paths)} predictions: {out}", soft_wrap=True, highlight=False)
     if result.labels is not None:
         _print_test(result)
     return 0
+
+
+def predictions_name(data: str) -> str:
+    """``predict``'s default file name: "predictions-val.csv" for DATA ``val/`` or ``val.csv``."""
+    name = Path(data).name or "data"
+    if name.lower().endswith(".csv"):
+        name = name[: -len(".csv")]
+    return f"predictions-{name}.csv"
 
 
 def _print_skipped(skipped: dict[str, str]) -> None:

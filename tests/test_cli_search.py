@@ -201,24 +201,3 @@ def test_a_first_run_stopped_by_a_bad_image_leaves_no_study_behind(tmp_path):
     assert "broken.png" in out.stderr and "--skip-bad-images" in out.stderr
     # The worker's (empty) log and the empty cache folder went with it: no half-made study.
     assert not (tmp_path / "studies" / "typo").exists()
-
-
-@pytest.mark.parametrize(
-    "option,message",
-    [
-        (("--trials", "0"), "--trials: must be at least 1, got 0"),
-        (("--folds", "1"), "--folds: must be at least 2, got 1"),
-        (("--timeout", "-5"), "--timeout: must be more than 0, got -5"),
-        (("--loader-workers", "-2"), "--loader-workers: must be at least 0, got -2"),
-        (("--folds", "x"), "--folds: invalid int value: 'x'"),
-    ],
-)
-def test_out_of_range_options_stop_before_anything_starts(option, message, capsys):
-    # A negative --timeout had created a study and run nothing; a negative --loader-workers
-    # failed every trial with DataLoader's ValueError.
-    from autoclf.cli import build_parser
-
-    with pytest.raises(SystemExit) as stopped:
-        build_parser().parse_args(["search", "digits", "--study", "s", *option])
-    assert stopped.value.code == 2
-    assert message in capsys.readouterr().err
