@@ -46,14 +46,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Photos of 90–180 megapixels are data, not attacks; beyond that PIL refuses them and the
     # error names the file.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    # SIGTERM and SIGHUP stop the command as Ctrl-C does, through every `finally`: a search
+    # stopped while it decodes its images leaves no half-written cache (the search's workers
+    # handle the signals themselves while trials run).
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     try:
         return args.run(args)
     except AutoclfError as exc:
         err_console.print(f"[bold red]error:[/] {mask_url(str(exc))}", highlight=False)
         return 2
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Signalled) else signal.SIGINT
+        err_console.print(f"[yellow]interrupted ({signal.Signals(signum).name})[/]")
+        return 128 + signum
+
+
+class Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the command was, as Ctrl-C raises KeyboardInterrupt."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise Signalled(signum)
 
 
 def build_parser() -> argparse.ArgumentParser:

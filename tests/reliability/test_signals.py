@@ -5,10 +5,13 @@ resumes."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 
 import pytest
 from optuna.trial import TrialState
 
+from tests.conftest import save_image
 from tests.reliability.helpers import (
     FINISHED,
     SPACE,
@@ -61,3 +64,50 @@ def test_signal_mid_trial_requeues_it_and_the_same_command_resumes(tmp_path, sta
     assert ts[queued.number].state in FINISHED  # the interrupted parameters ran again
     after = finished_snapshot(url)
     assert {n: after[n] for n in before} == before
+
+
+# `autoclf search`, held once its images are decoded into the cache's temporary file, until the
+# test stops it: the signal lands where a large dataset spends its first minutes.
+HELD_IN_DECODING = """
+import pathlib, sys, time
+import autoclf.data.cache as cache
+
+decode = cache._decode_into
+
+def held(tmp, *args):
+    bad = decode(tmp, *args)
+    pathlib.Path(sys.argv[1]).touch()
+    time.sleep(120)
+    return bad
+
+cache._decode_into = held
+from autoclf.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_signal_while_a_first_search_decodes_leaves_nothing_behind(tmp_path, signum):
+    for c, name in enumerate(("a", "b")):
+        for i in range(6):
+            save_image(tmp_path / "data" / name / f"{i}.png", seed=10 * c + i)
+    marker = tmp_path / "decoded"
+    command = [sys.executable, "-c", HELD_IN_DECODING, str(marker)]
+    search = subprocess.Popen(
+        [*command, "search", "data", "--study", "s", "--space", "tiny", "--folds", "2"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for("the images decoded", marker.exists, timeout=120)
+    assert list((tmp_path / "studies" / "s" / "cache").glob(".images-*"))  # half-written
+    children = descendants(search.pid)
+    search.send_signal(signum)
+    out, err = search.communicate(timeout=60)
+    # Stopped as Ctrl-C stops it: every `finally` ran (it was killed outright before, with
+    # the temporary cache file left behind; on a large dataset, gigabytes).
+    assert search.returncode == 128 + signum, err + out
+    assert f"interrupted ({signum.name})" in err
+    assert not (tmp_path / "studies" / "s").exists()
+    assert not [pid for pid in children if alive(pid)]
