@@ -202,6 +202,11 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
         on_step(f"predicting {config.test}")
         result.test = predict(final_dir, config.test, device=device, images=test_images)
         write_predictions(result.test, final_dir / "predictions.csv")
+    elif (final_dir / "predictions.csv").is_file():  # kept: it is someone's result
+        notes.append(
+            f"{final_dir / 'predictions.csv'} is from an earlier finalize, not from this "
+            "ensemble; `autoclf predict` or `finalize --test` writes new ones"
+        )
     atomic.write_json(final_dir / "summary.json", _summary(result, config))
     return result
 

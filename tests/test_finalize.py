@@ -373,3 +373,15 @@ def test_a_member_that_keeps_last_epochs_and_never_flipped(tmp_path):
     assert np.allclose(oof_views[0], search_oof, atol=1e-5)
     for fold in (0, 1):
         assert json.loads((member_dir / f"fold{fold}.json").read_text())["kept_epoch"] == 3
+
+
+def test_a_finalize_without_test_says_the_predictions_there_are_older(studies):
+    final = studies / "s" / "final"
+    _finalize(studies, top_k=1, tta="off", refit="folds", test="digits-test")
+    written = (final / "predictions.csv").read_bytes()
+    result, summary, _ = _finalize(studies, top_k=1, tta="off", refit="folds")
+    stale = [n for n in result.notes if "predictions.csv is from an earlier finalize" in n]
+    assert stale and stale[0] in summary["notes"]
+    assert (final / "predictions.csv").read_bytes() == written  # kept, not deleted
+    result, _, _ = _finalize(studies, top_k=1, tta="off", refit="folds", test="digits-test")
+    assert not [n for n in result.notes if "earlier finalize" in n]
