@@ -26,7 +26,8 @@ def assign_folds(
     labels = np.asarray(labels)
     if n_splits < 2:
         raise DataError(f"--folds must be at least 2, got folds={n_splits}")
-    counts = np.bincount(labels)
+    # minlength: a class with no image at all (the last ones would be missing) is named too.
+    counts = np.bincount(labels, minlength=len(classes) if classes is not None else 0)
     names = list(classes) if classes is not None else [str(i) for i in range(len(counts))]
     small = [(names[c], int(n)) for c, n in enumerate(counts) if n < n_splits]
     if small:

@@ -37,7 +37,7 @@ from autoclf.data import (
     perceptual_hashes,
     save_index,
 )
-from autoclf.errors import AutoclfError, StudyMismatchError
+from autoclf.errors import AutoclfError, DataError, StudyMismatchError
 from autoclf.metrics import AUTO, Metric, choose_metric, get_metric
 from autoclf.models import ensure_pretrained
 from autoclf.search.events import EventFn, TrialFinished, ignore
@@ -165,6 +165,13 @@ def prepare(
         )
     if cache.skipped:
         index, excluded = index.without(cache.skipped), cache.skipped
+        emptied = [name for name, n in index.class_counts().items() if n == 0]
+        if emptied:
+            raise DataError(
+                f"class(es) {emptied} have no image that decodes: --skip-bad-images left out "
+                f"{len(excluded)} image(s), e.g. {next(iter(excluded.values()))}; fix them, "
+                "or take the class out of DATA"
+            )
     duplicates = None
     if not index_path.is_file():
         duplicates = find_duplicates(perceptual_hashes(cache.images))

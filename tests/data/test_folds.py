@@ -39,6 +39,12 @@ def test_class_smaller_than_folds_is_named():
         assign_folds(labels, n_splits=3, seed=0, classes=["ant", "bee"])
 
 
+def test_a_class_with_no_image_at_all_is_named_too():
+    labels = np.array([0] * 10)  # the last class has none, so bincount alone would not see it
+    with pytest.raises(DataError, match="'bee' has 0"):
+        assign_folds(labels, n_splits=2, seed=0, classes=["ant", "bee"])
+
+
 def test_too_few_folds():
     with pytest.raises(DataError, match="folds=1"):
         assign_folds(LABELS, n_splits=1, seed=0)

@@ -321,6 +321,18 @@ def test_skip_bad_images_leaves_them_out_lists_them_and_resumes(tmp_path):
     assert again.resumed and again.excluded == prepared.excluded
 
 
+def test_a_class_whose_every_image_is_bad_is_named_with_skip_bad_images(tmp_path):
+    config = folder_config(tmp_path, per_class=4, folds=2)
+    config = SearchConfig(**{**config.to_dict(), "skip_bad_images": True})
+    (tmp_path / "data" / "broken").mkdir()
+    for i in range(3):
+        (tmp_path / "data" / "broken" / f"{i}.png").write_bytes(b"not an image")
+    # Every trial failed on it before, with scikit-learn's "needs at least two labels".
+    with pytest.raises(DataError, match=r"class\(es\) \['broken'\] have no image that decodes"):
+        prepare(config)
+    assert not (tmp_path / "studies" / "s" / "index.csv").exists()
+
+
 def test_balance_is_part_of_the_study(config):
     run(prepare(config))
     changed = SearchConfig(**{**config.to_dict(), "balance": "weights"})
