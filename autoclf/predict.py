@@ -18,7 +18,7 @@ from autoclf.config import TrainParams
 from autoclf.data import ImageCache, build_cache
 from autoclf.data.index import build_prediction_index
 from autoclf.ensemble import vote
-from autoclf.errors import AutoclfError
+from autoclf.errors import AutoclfError, DataError
 from autoclf.inference import VIEWS_BY_NAME, Preprocess, predict_views
 from autoclf.metrics import METRICS
 from autoclf.models import load_trained
@@ -70,6 +70,11 @@ def load_images(
         data, classes=classes, datasets_dir=Path(studies_dir).resolve() / "_datasets"
     )
     cache = build_cache(paths, size=size, cache_dir=Path(final_dir) / "cache", skip_bad=skip_bad)
+    if cache.skipped and len(cache.skipped) == len(paths):
+        raise DataError(
+            f"no image in {data} decodes: --skip-bad-images left out all {len(paths)}, e.g. "
+            f"{next(iter(cache.skipped.values()))}"
+        )
     if cache.skipped:
         keep = [i for i, p in enumerate(paths) if p not in cache.skipped]
         paths = tuple(paths[i] for i in keep)

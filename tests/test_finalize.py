@@ -133,6 +133,25 @@ def test_a_broken_test_image_stops_finalize_before_training_or_is_left_out(studi
     assert [Path(r[0]).name for r in rows[1:]] == ["0.png", "1.png", "2.png"]
 
 
+def test_images_to_predict_that_are_all_left_out_are_an_error_not_a_crash(tmp_path):
+    from autoclf.errors import DataError
+    from autoclf.predict import load_images
+
+    for i in range(2):
+        (tmp_path / "new" / f"{i}.jpg").parent.mkdir(exist_ok=True)
+        (tmp_path / "new" / f"{i}.jpg").write_bytes(b"not a photo")
+    # It crashed in inference with torch.cat()'s "expected a non-empty list of Tensors".
+    with pytest.raises(DataError, match=r"no image in .*new decodes: .* left out all 2"):
+        load_images(
+            str(tmp_path / "new"),
+            classes=("a", "b"),
+            size=16,
+            final_dir=tmp_path / "final",
+            studies_dir=tmp_path,
+            skip_bad=True,
+        )
+
+
 def test_member_oof_reproduces_the_search(studies):
     result, summary, _ = _finalize(studies, top_k=1, tta="off", select="topk")
     member = summary["members"][0]
