@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,8 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM and SIGHUP stop the command as Ctrl-C does, through every `finally`: a search
     # stopped while it decodes its images leaves no half-written cache (the search's workers
     # handle the signals themselves while trials run).
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupt)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # where handlers can be set
+        previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return args.run(args)
     except AutoclfError as exc:
@@ -60,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         signum = exc.signum if isinstance(exc, Signalled) else signal.SIGINT
         err_console.print(f"[yellow]interrupted ({signal.Signals(signum).name})[/]")
         return 128 + signum
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class Signalled(KeyboardInterrupt):
