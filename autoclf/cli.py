@@ -20,7 +20,7 @@ from rich.text import Text
 
 from autoclf import __version__
 from autoclf.config import SearchConfig, study_path
-from autoclf.data.folds import describe_cv
+from autoclf.data.folds import describe_study_cv
 from autoclf.data.index import BUILTIN
 from autoclf.errors import AutoclfError
 from autoclf.metrics import AUTO, IMBALANCED, METRICS, imbalance_ratio
@@ -703,12 +703,7 @@ def _print_study(prepared, *, chosen: bool) -> None:
             highlight=False,
             soft_wrap=True,
         )
-    cv = describe_cv(
-        config.folds,
-        by_group=prepared.index.groups is not None,
-        by_duplicates=config.duplicates == "group"
-        and (prepared.study_dir / "duplicates.csv").is_file(),
-    )
+    cv = describe_study_cv(prepared.study_dir, config, prepared.index)
     console.print(
         f"study [bold]{study.study_name}[/]: "
         + (

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from autoclf.errors import DataError
+
+if TYPE_CHECKING:
+    from autoclf.config import SearchConfig
+    from autoclf.data.index import DataIndex
 
 
 def assign_folds(
@@ -60,4 +66,13 @@ def describe_cv(n_splits: int, *, by_group: bool, by_duplicates: bool) -> str:
     kept = [w for w, on in (("its groups", by_group), ("near-duplicates", by_duplicates)) if on]
     return f"{n_splits}-fold stratified CV" + (
         f", {' and '.join(kept)} kept within one fold" if kept else ""
+    )
+
+
+def describe_study_cv(study_dir: Path, config: SearchConfig, index: DataIndex) -> str:
+    """:func:`describe_cv` for a study, from its CSV's groups and the duplicates it grouped."""
+    return describe_cv(
+        config.folds,
+        by_group=index.groups is not None,
+        by_duplicates=config.duplicates == "group" and (study_dir / "duplicates.csv").is_file(),
     )

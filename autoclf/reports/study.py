@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoclf import atomic
 from autoclf.data.cache import resize_square
-from autoclf.data.folds import describe_cv
+from autoclf.data.folds import describe_study_cv
 from autoclf.data.images import load_rgb
 from autoclf.errors import AutoclfError
 from autoclf.metrics import get_metric
@@ -62,11 +62,7 @@ def _overview(files: StudyFiles, trials: list[FrozenTrial]) -> str:
     counts = {s.name: 0 for s in TrialState}
     for t in trials:
         counts[t.state.name] += 1
-    cv = describe_cv(
-        files.n_folds,
-        by_group=files.index.groups is not None,
-        by_duplicates=config.duplicates == "group" and (files.dir / "duplicates.csv").is_file(),
-    )
+    cv = describe_study_cv(files.dir, config, files.index)
     rows = [
         ("data", config.data),
         ("images, classes", f"{len(files.index)}, {len(files.index.classes)}"),
