@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autoclf.search.events import EpochDone, Event, TrialStarted
 from autoclf.search.space import SearchSpace
 from autoclf.search.storage import ClaimLock, fail_stale_trials, fail_trial, retry_trial
+from autoclf.threads import limit_threads
 from autoclf.trainer import release_memory
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -252,7 +253,9 @@ def _serve(spec: dict, attach: Callable) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # failures, with tracebacks
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     events = os.fdopen(spec["events_fd"], "w", buffering=1)
-    torch.set_num_threads(spec["threads"])
+    # Its share of the cores, less one for each DataLoader process (each runs one thread), and
+    # fewer while other processes take cores (autoclf/threads.py).
+    limit_threads(max(1, spec["threads"] - spec["loader_workers"]))
 
     def emit(message: dict) -> None:
         try:
