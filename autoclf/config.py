@@ -47,6 +47,12 @@ class TrainParams:
     keep: str = "best"  # one of KEEP: the epoch whose weights, score and OOF a fold keeps
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
     balance: str = "none"  # one of BALANCE
+    # Fine-tuning a pretrained body: the new head learns at lr × head_lr_mult (the body at lr);
+    # the first freeze_epochs epochs train the head alone; freeze_bn keeps BatchNorm's
+    # pretrained running statistics (its layers in eval mode), which small batches would spoil.
+    head_lr_mult: float = 1.0
+    freeze_epochs: int = 0
+    freeze_bn: bool = False
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainParams:

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from autoclf.models import MEMORY_FORMAT, normalization
+from autoclf.models import MEMORY_FORMAT, interpolation, normalization
+from autoclf.threads import follow_free_cores
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Preprocess:
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
         self.size, self.device = size, device
+        self.mode = interpolation(backbone)  # as the pretrained weights were trained
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] == 3 and x.shape[1] != 3:
@@ -85,8 +87,10 @@ class Preprocess:
         x = x.to(self.device, non_blocking=True).float()
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(
-                x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+                x, size=(self.size, self.size), mode=self.mode, antialias=True, align_corners=False
             )
+            if self.mode == "bicubic":  # bicubic overshoots: keep the pixel range
+                x = x.clamp_(0, 255)
         x = x.sub_(self.mean).div_(self.std)
         return x.contiguous(memory_format=MEMORY_FORMAT)
 
@@ -121,6 +125,7 @@ def predict_views(
     per_batch = max(1, batch_size // len(views))
     chunks = []
     for start in range(0, len(rows), per_batch):
+        follow_free_cores()
         batch = torch.from_numpy(np.ascontiguousarray(images[rows[start : start + per_batch]]))
         x = apply_views(preprocess(batch), views)
         with autocast():

@@ -13,6 +13,7 @@ import timm
 import torch
 from timm.models import get_pretrained_cfg
 
+from autoclf import pretrained
 from autoclf.config import TrainParams
 from autoclf.errors import PretrainedUnavailableError
 
@@ -30,7 +31,19 @@ def create_model(params: TrainParams, *, num_classes: int) -> torch.nn.Module:
     cfg = get_pretrained_cfg(params.backbone)
     if cfg is not None and cfg.fixed_input_size:
         kwargs["img_size"] = params.image_size  # ViT-style models are built for one size
-    return timm.create_model(params.backbone, pretrained=params.pretrained, **kwargs)
+    stored = pretrained.stored_file(params.backbone) if params.pretrained else None
+    if stored is None:  # from scratch, or timm's own cache or hub
+        return timm.create_model(params.backbone, pretrained=params.pretrained, **kwargs)
+    model = timm.create_model(params.backbone, pretrained=False, **kwargs)
+    pretrained.load_into(model, stored)
+    return model
+
+
+def head_parameters(model: torch.nn.Module) -> set[int]:
+    """The ids of the classifier head's parameters (timm's ``get_classifier``); none for a
+    model without one."""
+    get = getattr(model, "get_classifier", None)
+    return {id(p) for p in get().parameters()} if get is not None else set()
 
 
 def load_trained(
@@ -51,23 +64,40 @@ def normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(cfg.mean or IMAGENET_MEAN), tuple(cfg.std or IMAGENET_STD)
 
 
-def ensure_pretrained(backbones: Iterable[str]) -> None:
-    """Fetch (or find cached) pretrained weights for every backbone, once, before any trial.
+def interpolation(backbone: str) -> str:
+    """How the backbone's pretrained weights saw their images resized: ``bicubic`` or
+    ``bilinear`` (timm's pretrained config; bilinear where it names neither)."""
+    cfg = get_pretrained_cfg(backbone)
+    mode = getattr(cfg, "interpolation", None) if cfg is not None else None
+    return mode if mode in ("bicubic", "bilinear") else "bilinear"
 
-    Without a network, timm retries each download for about a minute; this checks the local
-    cache first, then whether the hub answers at all, and fails at once with a way out.
+
+def ensure_pretrained(backbones: Iterable[str]) -> list[str]:
+    """Find pretrained weights for every backbone, once, before any trial (see
+    ``autoclf.pretrained`` for the order); import a package's weights into the store, or
+    download from the hub, where that is where they are. Returns a line per import.
+
+    Without a network, timm retries each download for about a minute; this looks everywhere
+    local first, then whether the hub answers at all, and fails at once with a way out.
     """
-    missing = [b for b in dict.fromkeys(backbones) if not _weights_cached(b)]
+    notes, missing = [], []
+    for name in dict.fromkeys(backbones):
+        source = pretrained.locate(name, hub=False)
+        if source.kind == "package":
+            path = pretrained.import_from_package(name)
+            notes.append(f"{name}: ImageNet weights imported from {source.detail} into {path}")
+        elif source.kind == "missing":
+            missing.append(name)
     if not missing:
-        return
+        return notes
     endpoint = _hub_endpoint()
-    if not _reachable(endpoint):
+    if not hub_reachable():
+        ways = "; ".join(f"{name}: {pretrained.how_to_get(name)}" for name in missing)
         raise PretrainedUnavailableError(
-            f"pretrained weights for {', '.join(missing)} are not in the local cache and "
-            f"{endpoint} cannot be reached. Either set 'pretrained: false' in the search space "
-            "(e.g. --space tiny), or download the weights once on a machine with network "
-            "(python -c \"import timm; timm.create_model('NAME', pretrained=True)\") and copy "
-            "~/.cache/huggingface to this one."
+            f"pretrained weights for {', '.join(missing)} are not in autoclf's weights store "
+            f"({pretrained.store_dir()}) nor timm's cache, and {endpoint} cannot be reached. "
+            f"To get them: {ways}. Or do without them: set 'pretrained: false' in the search "
+            "space, or use --space tiny."
         )
     for name in missing:
         try:
@@ -76,9 +106,12 @@ def ensure_pretrained(backbones: Iterable[str]) -> None:
             raise PretrainedUnavailableError(
                 f"could not download pretrained weights for {name!r}: {exc}"
             ) from exc
+        notes.append(f"{name}: downloaded from {endpoint} into timm's cache")
+    return notes
 
 
-def _weights_cached(name: str) -> bool:
+def weights_cached(name: str) -> bool:
+    """Whether timm's own cache (Hugging Face hub or torch hub) holds ``name``'s weights."""
     cfg = get_pretrained_cfg(name)
     if cfg is None:
         return False
@@ -103,7 +136,9 @@ def _hub_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
 
 
-def _reachable(endpoint: str, timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``) answers; never with HF_HUB_OFFLINE."""
+    endpoint = _hub_endpoint()
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False
     url = urlparse(endpoint)

@@ -13,18 +13,41 @@ import torch
 from timm.optim import create_optimizer_v2, get_optimizer_class
 
 from autoclf.config import TrainParams
+from autoclf.models import head_parameters
 
 
 def build_optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.Optimizer:
     # timm leaves biases and norm weights out of weight decay, as they should be.
     return create_optimizer_v2(
-        model,
+        param_groups(model, params),
         opt=params.optimizer,
         lr=params.lr,
         weight_decay=params.weight_decay,
         momentum=params.momentum,
         **({"fused": True} if supports_fused(params.optimizer) else {}),
     )
+
+
+def param_groups(model: torch.nn.Module, params: TrainParams) -> list[dict]:
+    """Body and head, each with and without weight decay (biases and norm weights go without,
+    as timm does it). The head's groups learn at ``lr × head_lr_mult``; LRSchedule scales
+    every group's own LR, so the ratio holds through warmup and decay."""
+    head = head_parameters(model)
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = p.ndim > 1 and not name.endswith(".bias") and name not in skip
+        groups.setdefault((id(p) in head, decay), []).append(p)
+    return [
+        {
+            "params": ps,
+            "weight_decay": params.weight_decay if decay else 0.0,
+            "lr": params.lr * (params.head_lr_mult if is_head else 1.0),
+        }
+        for (is_head, decay), ps in sorted(groups.items())
+    ]
 
 
 def supports_fused(name: str) -> bool:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -23,8 +24,9 @@ from autoclf.config import TrainParams
 from autoclf.errors import AutoclfError
 from autoclf.inference import Preprocess, autocast_for, predict_views
 from autoclf.metrics import Metric, get_metric
-from autoclf.models import MEMORY_FORMAT, create_model
+from autoclf.models import MEMORY_FORMAT, create_model, head_parameters
 from autoclf.optim import LRSchedule, build_optimizer
+from autoclf.threads import follow_free_cores
 
 LOG_LOSS = get_metric("log_loss")  # each epoch's validation loss, whatever the metric
 
@@ -185,9 +187,10 @@ def fit(
     timer = _Timer(device)
     for epoch in range(1, params.epochs + 1):
         timer.start()
-        model.train()
+        train_mode(model, params, epoch)
         loss_sum = torch.zeros((), device=device)
         for step, (x, y) in enumerate(train_loader):
+            follow_free_cores()  # fewer CPU threads while other processes take cores
             x, y = preprocess(x), y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             # Near-equal chunks rather than micro_batch-sized ones and a remainder: a chunk of one
@@ -284,6 +287,23 @@ def class_balance(
     return None, None
 
 
+def train_mode(model: torch.nn.Module, params: TrainParams, epoch: int) -> None:
+    """``model.train()``, less what fine-tuning keeps fixed: the body during the first
+    ``freeze_epochs`` (only the head learns, as fastai's ``fine_tune`` starts), and with
+    ``freeze_bn`` BatchNorm's running statistics, which batches of 16–32 photos would
+    replace with noisier ones than the pretrained body was trained with."""
+    model.train()
+    if params.freeze_epochs > 0:
+        head = head_parameters(model)
+        for p in model.parameters():
+            if id(p) not in head:
+                p.requires_grad_(epoch > params.freeze_epochs)
+    if params.freeze_bn:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
 def _loader_workers(requested: int | None, device: torch.device) -> int:
     if requested is not None:
         return requested
@@ -293,6 +313,8 @@ def _loader_workers(requested: int | None, device: torch.device) -> int:
 
 
 def _reseed_worker(worker_id: int) -> None:
+    # One core per loader process: torch sets its own threads to 1 there, OpenCV's we do.
+    cv2.setNumThreads(1)
     # Albumentations keeps its own RNG; give each worker (and each epoch) a distinct stream.
     info = torch.utils.data.get_worker_info()
     info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)

@@ -84,3 +84,29 @@ def test_optimizers_without_a_fused_kernel_are_built_without_one(name):
     params = TrainParams(backbone="test_resnet", optimizer=name)
     opt = build_optimizer(torch.nn.Linear(2, 2), params)
     assert "fused" not in opt.defaults or not opt.defaults["fused"]
+
+
+def test_the_head_learns_faster_through_warmup_and_decay():
+    import timm
+
+    model = timm.create_model("test_resnet", num_classes=3)
+    params = TrainParams(
+        backbone="test_resnet", lr=1e-4, head_lr_mult=30.0, weight_decay=0.01, warmup_epochs=1
+    )
+    opt = build_optimizer(model, params)
+    head = {id(p) for p in model.get_classifier().parameters()}
+    for group in opt.param_groups:
+        is_head = {id(p) for p in group["params"]} <= head
+        assert is_head or not ({id(p) for p in group["params"]} & head)  # never mixed
+        assert group["lr"] == pytest.approx(3e-3 if is_head else 1e-4)
+        if any(p.ndim == 1 for p in group["params"]):
+            assert group["weight_decay"] == 0.0
+    schedule = LRSchedule(opt, params, steps_per_epoch=10)
+    for _ in range(25):
+        schedule.step()
+        groups = zip(opt.param_groups, schedule.base_lrs, strict=True)
+        lrs = {round(g["lr"] / base, 9) for g, base in groups}
+        assert len(lrs) == 1  # every group at the same point of the same schedule
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == sum(
+        p.numel() for p in model.parameters()
+    )

@@ -274,3 +274,32 @@ def test_nan_probabilities_keep_their_score_and_a_nan_validation_loss(digits, mo
     result = _fit(digits, epochs=1, on_epoch=seen.append)
     assert result.kept_score == pytest.approx(np.mean(digits[1][digits[2] == 0] == 0))
     assert np.isnan(seen[0].val_loss)
+
+
+def _initial_state(**overrides) -> dict[str, torch.Tensor]:
+    """The weights fit() starts from with _fit's seed."""
+    trainer.seed_everything(7)
+    params = TrainParams(backbone="test_efficientnet", image_size=16, **overrides)
+    state = models.create_model(params, num_classes=10).state_dict()
+    return {k: v.clone() for k, v in state.items()}
+
+
+def test_freeze_epochs_train_the_head_alone_first(digits):
+    start = _initial_state()
+    one = _fit(digits, epochs=1, freeze_epochs=1, keep="last", keep_weights=True).state_dict
+    moved = {k for k, v in one.items() if v.is_floating_point() and not torch.equal(v, start[k])}
+    # The head moved; the body's parameters did not (BatchNorm's running statistics may).
+    assert {"classifier.weight", "classifier.bias"} <= moved
+    assert all(k.startswith("classifier.") or "running_" in k for k in moved), moved
+    two = _fit(digits, epochs=2, freeze_epochs=1, keep="last", keep_weights=True).state_dict
+    assert not torch.equal(two["conv_stem.weight"], start["conv_stem.weight"])  # then all learn
+
+
+def test_freeze_bn_keeps_the_running_statistics(digits):
+    start = _initial_state()
+    frozen = _fit(digits, epochs=1, freeze_bn=True, keep="last", keep_weights=True).state_dict
+    running = [k for k in start if "running_mean" in k or "running_var" in k]
+    assert running and all(torch.equal(frozen[k], start[k]) for k in running)
+    assert not torch.equal(frozen["conv_stem.weight"], start["conv_stem.weight"])
+    free = _fit(digits, epochs=1, keep="last", keep_weights=True).state_dict
+    assert not all(torch.equal(free[k], start[k]) for k in running)

@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +76,7 @@ class PreparedSearch:
     device: torch.device
     excluded: dict[str, str]  # images left out (--skip-bad-images): path → reason
     duplicates: Duplicates | None  # found when the study was created; None on a resume
+    notes: list[str] = field(default_factory=list)  # e.g. pretrained weights imported
 
     def finished(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=FINISHED))
@@ -149,8 +150,7 @@ def prepare(
     index = index.without(excluded)  # images this study left out when it was created
     if index_path.is_file():
         folds = _saved_folds(config, index, index_path)
-    if space.may_use_pretrained:
-        ensure_pretrained(space.backbones)
+    notes = ensure_pretrained(space.backbones) if space.may_use_pretrained else []
     cache = build_cache(
         index.paths,
         size=space.max_image_size,
@@ -237,6 +237,7 @@ def prepare(
         device=device,
         excluded=excluded,
         duplicates=duplicates,
+        notes=notes,
     )
 
 

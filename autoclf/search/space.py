@@ -249,6 +249,9 @@ RULES: dict[str, tuple[type, Check | None]] = {
     "keep": (str, _one_of(KEEP)),
     "amp": (bool, None),
     "balance": (str, _one_of(BALANCE)),
+    "head_lr_mult": (float, _range(0, 1000, lo_open=True)),
+    "freeze_epochs": (int, _range(0, INF)),
+    "freeze_bn": (bool, None),
 }
 assert set(RULES) == set(TrainParams.field_names()), "RULES must cover every TrainParams field"
 
