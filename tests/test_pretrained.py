@@ -79,6 +79,8 @@ def test_stored_weights_start_a_new_head(store, lite0_checkpoint):
     state = model.state_dict()
     assert torch.equal(state["conv_stem.weight"], stored["conv_stem.weight"])
     assert state["classifier.weight"].shape == (2, 1280)
+    # A new head starts at zero (timm's would start at ±0.71, swamping the features).
+    assert not state["classifier.weight"].any() and not state["classifier.bias"].any()
     scratch = create_model(TrainParams(backbone=LITE0, pretrained=False), num_classes=2)
     assert not torch.equal(scratch.state_dict()["conv_stem.weight"], stored["conv_stem.weight"])
 
