@@ -49,12 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Photos of 90–180 megapixels are data, not attacks; beyond that PIL refuses them and the
     # error names the file.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    # SIGTERM and SIGHUP stop the command as Ctrl-C does, through every `finally`: a search
-    # stopped while it decodes its images leaves no half-written cache (the search's workers
-    # handle the signals themselves while trials run).
     # finalize, predict and report train or predict in this process: with the threads torch
     # chose (OMP_NUM_THREADS, else every core), fewer while other processes take cores.
     limit_threads()
+    # SIGTERM and SIGHUP stop the command as Ctrl-C does, through every `finally`: a search
+    # stopped while it decodes its images leaves no half-written cache (the search's workers
+    # handle the signals themselves while trials run).
     previous = {}
     if threading.current_thread() is threading.main_thread():  # where handlers can be set
         previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}

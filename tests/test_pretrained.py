@@ -238,3 +238,20 @@ def test_weights_command_lists_imports_and_refuses(store, tmp_path, lite0_checkp
     out = autoclf("weights", "import", str(notes), "--backbone", LITE0, cwd=tmp_path)
     message = " ".join(out.stderr.split())  # as wrapped to the terminal's width
     assert out.returncode == 2 and "notes.txt is not a readable checkpoint" in message
+
+
+def test_the_cpu_space_is_the_default_on_a_cpu_where_its_weights_are_at_hand(
+    store, monkeypatch, tmp_path
+):
+    from autoclf.cli import _cpu_space
+
+    assert _cpu_space()[0] == "cpu"  # the lite packages (the dev extra) carry them
+    # As without the lite extra: the packages cannot be imported.
+    absent = {
+        k: (pip, f"{module}_absent", cls) for k, (pip, module, cls) in pretrained.PACKAGES.items()
+    }
+    monkeypatch.setattr(pretrained, "PACKAGES", absent)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    space, why = _cpu_space()
+    assert space == "tiny" and "pip install 'autoclf[lite]'" in why
