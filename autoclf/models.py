@@ -48,19 +48,23 @@ def _zero_head(model: torch.nn.Module) -> None:
     two classes, which swamps pooled features of about 0.2; a linear head on frozen
     EfficientNet-Lite0 features went from 0.61 to 0.93 on hymenoptera (4 epochs, AdamW 3e-3)
     when it started at zero instead (benchmarks/README.md, "Transfer learning")."""
-    get = getattr(model, "get_classifier", None)
-    head = get() if get is not None else None
+    head = classifier(model)
     if isinstance(head, torch.nn.Linear):
         torch.nn.init.zeros_(head.weight)
         if head.bias is not None:
             torch.nn.init.zeros_(head.bias)
 
 
-def head_parameters(model: torch.nn.Module) -> set[int]:
-    """The ids of the classifier head's parameters (timm's ``get_classifier``); none for a
-    model without one."""
+def classifier(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The classifier head (timm's ``get_classifier``), or None for a model without one."""
     get = getattr(model, "get_classifier", None)
-    return {id(p) for p in get().parameters()} if get is not None else set()
+    return get() if get is not None else None
+
+
+def head_parameters(model: torch.nn.Module) -> set[int]:
+    """The ids of the classifier head's parameters; none for a model without one."""
+    head = classifier(model)
+    return {id(p) for p in head.parameters()} if head is not None else set()
 
 
 def load_trained(
