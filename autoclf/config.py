@@ -15,6 +15,27 @@ BALANCE = ("none", "weights", "sampler")
 # Which epoch's model a fold keeps and is scored by: its best on the validation fold, or the
 # last. "best" picks the epoch on the same images it then reports, which flatters long runs.
 KEEP = ("best", "last")
+# What a trial trains: the whole network ("finetune"), or a linear head on the frozen
+# pretrained body's pooled features, computed once per study ("head"; autoclf/head.py).
+KINDS = ("finetune", "head")
+# The settings a head-only trial uses; every other one is a fine-tune setting.
+HEAD_PARAMS = frozenset(
+    {
+        "kind",
+        "backbone",
+        "pretrained",
+        "image_size",
+        "hflip",
+        "lr",
+        "weight_decay",
+        "batch_size",
+        "epochs",
+        "dropout",
+        "label_smoothing",
+        "balance",
+        "amp",
+    }
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +48,7 @@ class TrainParams:
     """
 
     backbone: str
+    kind: str = "finetune"  # one of KINDS
     pretrained: bool = False
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -53,6 +75,9 @@ class TrainParams:
     head_lr_mult: float = 1.0
     freeze_epochs: int = 0
     freeze_bn: bool = False
+    # Linear probing, then fine-tuning (LP-FT; Kumar et al., ICLR 2022): each fold starts from
+    # a head fitted on the frozen body's cached features instead of a zero one.
+    lp_ft: bool = False
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainParams:

@@ -3,6 +3,11 @@
 A space file has ``params`` (each a fixed value or a ``{type: categorical|int|float, …}``
 spec) and optional ``sampler`` and ``pruner`` sections. Every mistake stops with the key and
 value named, before any trial starts.
+
+Two kinds of trial share one study where ``params.kind`` can be both ``head`` (a linear head on
+the frozen body's cached features) and ``finetune``. Settings that mean something to one kind
+alone go in a section named for it (``head:`` or ``finetune:``); Optuna names them
+``head.lr``, ``finetune.lr``, …, so each kind keeps its own ranges and TPE its own history.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from typing import Any
 import optuna
 import yaml
 
-from autoclf.config import BALANCE, KEEP, SCHEDULERS, TrainParams
+from autoclf.config import BALANCE, HEAD_PARAMS, KEEP, KINDS, SCHEDULERS, TrainParams
 from autoclf.errors import SpaceError
 
-TOP_LEVEL_KEYS = ("description", "params", "sampler", "pruner")
+TOP_LEVEL_KEYS = ("description", "params", *KINDS, "sampler", "pruner")
 SPEC_KEYS = {
     "categorical": {"type", "choices"},
     "int": {"type", "low", "high", "step", "log"},
@@ -57,17 +62,24 @@ class ParamSpec:
     high: float | None = None
     step: float | None = None
     log: bool = False
+    section: str = "params"  # or the trial kind whose section it is in
+
+    @property
+    def optuna_name(self) -> str:
+        """Its name in the study: ``lr``, or ``finetune.lr`` in the finetune section."""
+        return self.name if self.section == "params" else f"{self.section}.{self.name}"
 
     def suggest(self, trial: optuna.Trial) -> Any:
+        name = self.optuna_name
         if self.kind == "fixed":
             return self.value
         if self.kind == "categorical":
-            return trial.suggest_categorical(self.name, list(self.choices))
+            return trial.suggest_categorical(name, list(self.choices))
         if self.kind == "int":
             return trial.suggest_int(
-                self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+                name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
             )
-        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
 
     def values(self) -> tuple[Any, ...]:
         """The values this parameter can take, where that set is finite (else its bounds)."""
@@ -85,15 +97,29 @@ class SearchSpace:
     params: dict[str, ParamSpec]
     sampler: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLER))
     pruner: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_PRUNER))
+    # Per trial kind, the settings that apply to that kind alone.
+    sections: dict[str, dict[str, ParamSpec]] = field(default_factory=dict)
 
     def suggest(self, trial: optuna.Trial) -> TrainParams:
-        return TrainParams.from_dict({n: spec.suggest(trial) for n, spec in self.params.items()})
+        values = {n: spec.suggest(trial) for n, spec in self.params.items()}
+        kind = values.get("kind", "finetune")
+        values.update({n: spec.suggest(trial) for n, spec in self.sections.get(kind, {}).items()})
+        return TrainParams.from_dict(values)
 
-    def possible(self, name: str) -> tuple[Any, ...]:
-        """Every value (or the bounds) parameter ``name`` can take, defaults included."""
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.params["kind"].values()) if "kind" in self.params else ("finetune",)
+
+    def possible(self, name: str, *, kinds: tuple[str, ...] | None = None) -> tuple[Any, ...]:
+        """Every value (or the bounds) parameter ``name`` can take in trials of ``kinds`` (all
+        the space's kinds by default), defaults included."""
         if name in self.params:
             return self.params[name].values()
-        return (TrainParams.__dataclass_fields__[name].default,)
+        values: list[Any] = []
+        for kind in kinds or self.kinds:
+            spec = self.sections.get(kind, {}).get(name)
+            values += spec.values() if spec else [TrainParams.__dataclass_fields__[name].default]
+        return tuple(dict.fromkeys(values))
 
     @property
     def max_image_size(self) -> int:
@@ -101,7 +127,11 @@ class SearchSpace:
 
     @property
     def max_epochs(self) -> int:
-        return int(max(self.possible("epochs")))
+        """Epochs in a fold of a fine-tune trial, at most: the stride of the pruner's steps. A
+        head-only trial reports each fold once, at the step its fold's last epoch would be."""
+        if "finetune" not in self.kinds:
+            return 1
+        return int(max(self.possible("epochs", kinds=("finetune",))))
 
     @property
     def backbones(self) -> tuple[str, ...]:
@@ -117,6 +147,8 @@ class SearchSpace:
             # constant_liar keeps parallel workers from sampling the same point.
             kwargs.setdefault("multivariate", True)
             kwargs.setdefault("constant_liar", True)
+            if self.sections:  # params that only some trials have: TPE models each group
+                kwargs.setdefault("group", True)
         return SAMPLERS[self.sampler["name"]](seed=seed, **kwargs)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
@@ -170,17 +202,35 @@ def parse_space(text: str, *, name: str = "space", where: str = "<space>") -> Se
             f"{where}: 'params' must be a non-empty mapping of parameter → value or spec"
         )
     params = {key: _parse_param(key, raw, where) for key, raw in raw_params.items()}
-    if "backbone" not in params:
-        raise SpaceError(
-            f"{where}: params.backbone is required (a timm model name or a list of them)"
-        )
+    sections = {
+        kind: _parse_kind_section(kind, doc[kind], params, where) for kind in KINDS if kind in doc
+    }
     space = SearchSpace(
         name=name,
         source=text,
         params=params,
         sampler=_parse_section(doc.get("sampler"), SAMPLERS, DEFAULT_SAMPLER, "sampler", where),
         pruner=_parse_section(doc.get("pruner"), PRUNERS, DEFAULT_PRUNER, "pruner", where),
+        sections=sections,
     )
+    for kind in space.kinds:  # in params, or in the section of every kind of trial
+        if "backbone" not in params and "backbone" not in sections.get(kind, {}):
+            raise SpaceError(
+                f"{where}: params.backbone is required (a timm model name or a list of them)"
+            )
+    for kind in sections:
+        if kind not in space.kinds:
+            raise SpaceError(
+                f"{where}: a '{kind}:' section, but params.kind is never {kind!r} "
+                f"(it is {list(space.kinds)})"
+            )
+    if "head" in space.kinds:
+        _check_head_trials(space, where)
+    if True in space.possible("lp_ft") and False in space.possible("pretrained"):
+        raise SpaceError(
+            f"{where}: lp_ft starts from a head fitted on the pretrained body's features, "
+            "so it needs pretrained: true"
+        )
     _check_backbones(space, where)
     if "sgd" in space.possible("optimizer") and min(space.possible("momentum")) <= 0:
         raise SpaceError(
@@ -193,6 +243,41 @@ def parse_space(text: str, *, name: str = "space", where: str = "<space>") -> Se
             "keeps the last one; set patience to 0 or keep to 'best'"
         )
     return space
+
+
+def _parse_kind_section(
+    kind: str, raw: Any, params: dict[str, ParamSpec], where: str
+) -> dict[str, ParamSpec]:
+    if not isinstance(raw, dict) or not raw:
+        raise SpaceError(
+            f"{where}: '{kind}:' must be a non-empty mapping of the parameters that apply to "
+            f"{kind} trials alone, got {raw!r}"
+        )
+    for key in raw:
+        if key == "kind" or key in params:
+            where_else = "is what picks the section" if key == "kind" else "is in params too"
+            raise SpaceError(f"{where}: {kind}.{key} {where_else}; give each setting once")
+    return {key: _parse_param(key, value, where, section=kind) for key, value in raw.items()}
+
+
+def _check_head_trials(space: SearchSpace, where: str) -> None:
+    """Head-only trials train a linear head on a frozen pretrained body: a setting given to
+    them that only a fine-tune can use is a mistake in the space, not something to ignore."""
+    shared = space.params.values()
+    for spec in [*shared, *space.sections.get("head", {}).values()]:
+        if spec.name not in HEAD_PARAMS:
+            loc = "params" if spec.section == "params" else spec.section
+            move = " move it under 'finetune:'" if "finetune" in space.kinds else ""
+            raise SpaceError(
+                f"{where}: {loc}.{spec.name} is a fine-tune setting, but head-only trials "
+                f"(params.kind: head) train a linear head on frozen features and do not use it;"
+                f"{move or ' take it out'}"
+            )
+    if False in space.possible("pretrained", kinds=("head",)):
+        raise SpaceError(
+            f"{where}: head-only trials (params.kind: head) need a pretrained body; "
+            "set pretrained: true"
+        )
 
 
 # --- parameters -----------------------------------------------------------------------------
@@ -252,15 +337,17 @@ RULES: dict[str, tuple[type, Check | None]] = {
     "head_lr_mult": (float, _range(0, 1000, lo_open=True)),
     "freeze_epochs": (int, _range(0, INF)),
     "freeze_bn": (bool, None),
+    "kind": (str, _one_of(KINDS)),
+    "lp_ft": (bool, None),
 }
 assert set(RULES) == set(TrainParams.field_names()), "RULES must cover every TrainParams field"
 
 
-def _parse_param(key: str, raw: Any, where: str) -> ParamSpec:
+def _parse_param(key: str, raw: Any, where: str, *, section: str = "params") -> ParamSpec:
     if key not in RULES:
-        raise SpaceError(f"{where}: unknown parameter params.{key}{_did_you_mean(key, RULES)}")
+        raise SpaceError(f"{where}: unknown parameter {section}.{key}{_did_you_mean(key, RULES)}")
     kind_of_value, check = RULES[key]
-    loc = f"{where}: params.{key}"
+    loc = f"{where}: {section}.{key}"
 
     def value(v: Any, what: str) -> Any:
         v = _coerce(v, kind_of_value, f"{loc}{what}")
@@ -274,7 +361,7 @@ def _parse_param(key: str, raw: Any, where: str) -> ParamSpec:
             raise SpaceError(
                 f"{loc}: a list ({raw!r}) is ambiguous; write {{type: categorical, choices: [...]}}"
             )
-        return ParamSpec(key, "fixed", value=value(raw, ""))
+        return ParamSpec(key, "fixed", value=value(raw, ""), section=section)
     kind = raw.get("type")
     if kind not in SPEC_KEYS:
         raise SpaceError(f"{loc}.type = {kind!r} must be one of {sorted(SPEC_KEYS)}")
@@ -289,7 +376,10 @@ def _parse_param(key: str, raw: Any, where: str) -> ParamSpec:
         if not isinstance(choices, list) or not choices:
             raise SpaceError(f"{loc}.choices must be a non-empty list, got {choices!r}")
         return ParamSpec(
-            key, kind, choices=tuple(value(c, f".choices[{i}]") for i, c in enumerate(choices))
+            key,
+            kind,
+            choices=tuple(value(c, f".choices[{i}]") for i, c in enumerate(choices)),
+            section=section,
         )
     if kind_of_value not in (int, float) or (kind == "float" and kind_of_value is int):
         noun = {int: "an int", float: "a float", str: "a string", bool: "a true/false"}[
@@ -325,7 +415,7 @@ def _parse_param(key: str, raw: Any, where: str) -> ParamSpec:
             )
     if log and low <= 0:
         raise SpaceError(f"{loc}: log scale needs low > 0, got low = {low}")
-    return ParamSpec(key, kind, low=low, high=high, step=step, log=log)
+    return ParamSpec(key, kind, low=low, high=high, step=step, log=log, section=section)
 
 
 def _coerce(v: Any, kind: type, loc: str) -> Any:
