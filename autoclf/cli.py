@@ -1066,7 +1066,11 @@ def leaderboard(study: optuna.Study, metric: str, top: int = 10) -> Table:
     table = _table(f"study {study.study_name}: {summary}")
     table.add_column("#", justify="right")
     table.add_column(f"{metric} ±sd", justify="right", no_wrap=True)
-    for key in KEY_PARAMS:
+    # A study that mixes head-only and fine-tune trials says which each one is.
+    keys = KEY_PARAMS + ("kind",) * any(
+        t.user_attrs.get("config", {}).get("kind") == "head" for t in every
+    )
+    for key in keys:
         table.add_column(SHORT.get(key, key), no_wrap=key == "backbone")
     table.add_column("epochs", justify="right")
     table.add_column("time", justify="right")
@@ -1074,10 +1078,7 @@ def leaderboard(study: optuna.Study, metric: str, top: int = 10) -> Table:
         table.add_row(
             str(t.number),
             f"{t.value:.4f}±{t.user_attrs.get('cv_std', 0):.3f}",
-            *(
-                _fmt_value(t.params.get(k, t.user_attrs.get("config", {}).get(k, "")))
-                for k in KEY_PARAMS
-            ),
+            *(_fmt_value(t.params.get(k, t.user_attrs.get("config", {}).get(k, ""))) for k in keys),
             str(t.user_attrs.get("epochs_run", "")),
             f"{t.user_attrs.get('duration_s', 0):.0f}s",
         )
@@ -1085,7 +1086,9 @@ def leaderboard(study: optuna.Study, metric: str, top: int = 10) -> Table:
 
 
 def _fmt_params(params: dict) -> str:
-    return " ".join(f"{k}={_fmt_value(params[k])}" for k in KEY_PARAMS if k in params)
+    # In a space with trial kinds, a section's parameters are named for it ("finetune.lr").
+    named = {k.split(".")[-1]: v for k, v in params.items()}
+    return " ".join(f"{k}={_fmt_value(named[k])}" for k in ("kind", *KEY_PARAMS) if k in named)
 
 
 def _fmt_value(v: object) -> str:

@@ -33,14 +33,15 @@ from autoclf.config import FinalizeConfig, TrainParams
 from autoclf.data import build_cache
 from autoclf.ensemble import rank_key, select_greedy, select_top_k, vote
 from autoclf.errors import AutoclfError
+from autoclf.features import FeatureStore
 from autoclf.inference import VIEWS, Preprocess, View, predict_views, views_for
 from autoclf.metrics import Metric, get_metric
 from autoclf.models import load_trained
 from autoclf.predict import PredictResult, load_images, predict, write_predictions
 from autoclf.search import weights
-from autoclf.search.objective import trial_dir_of, trial_seed
+from autoclf.search.objective import fit_fold, trial_dir_of, trial_seed
 from autoclf.study import StudyFiles, best_first, load_study, open_study_dir
-from autoclf.trainer import fit, resolve_device
+from autoclf.trainer import resolve_device
 
 TTA_PREFIXES = (2, 4, 8)  # the view counts --tta auto tries against the identity alone
 StepFn = Callable[[str], None]
@@ -120,6 +121,7 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
     cache = build_cache(
         files.index.paths, size=files.space.max_image_size, cache_dir=files.dir / "cache"
     )
+    features = FeatureStore(files.dir / "features", cache.images, cache.path.name, device)
     n_views = len(VIEWS) if config.tta == "auto" else 1 if config.tta == "off" else int(config.tta)
     members: list[MemberReport] = []
     plain, tta = [], []
@@ -127,7 +129,7 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
         params = TrainParams.from_dict(trial.user_attrs["config"])
         views = views_for(params.hflip)[:n_views]
         oof_views = _fold_oof(
-            trial.number, params, files, cache.images, views, device, config, on_step
+            trial.number, params, files, cache.images, features, views, device, config, on_step
         )
         kept = _choose_views(config.tta, oof_views, labels, metric)
         plain.append(oof_views[0])
@@ -179,7 +181,7 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
         final_probs = tta[0]
 
     for member in members:
-        member.refit_epochs = _refit(member, files, cache.images, device, config, on_step)
+        member.refit_epochs = _refit(member, files, cache.images, features, device, config, on_step)
 
     manifest = _manifest(files, members, vote_kind, config)
     atomic.write_json(final_dir / "manifest.json", manifest)
@@ -249,6 +251,7 @@ def _fold_oof(
     params: TrainParams,
     files: StudyFiles,
     images: np.ndarray,
+    features: FeatureStore,
     views: tuple[View, ...],
     device: torch.device,
     config: FinalizeConfig,
@@ -270,8 +273,9 @@ def _fold_oof(
         ):
             on_step(f"trial {number}: fold {fold + 1}/{files.n_folds} as the search trained it")
         if not weights.is_finished(weights_path):
-            result = fit(
+            result = fit_fold(
                 params,
+                features=features,
                 images=images,
                 labels=labels,
                 train_idx=np.flatnonzero(files.folds != fold),
@@ -333,6 +337,7 @@ def _refit(
     member: MemberReport,
     files: StudyFiles,
     images: np.ndarray,
+    features: FeatureStore,
     device: torch.device,
     config: FinalizeConfig,
     on_step: StepFn,
@@ -352,8 +357,9 @@ def _refit(
     if weights.is_finished(weights_path):
         return epochs
     params = dataclasses.replace(TrainParams.from_dict(member.params), epochs=epochs, patience=0)
-    result = fit(
+    result = fit_fold(
         params,
+        features=features,
         images=images,
         labels=files.index.label_array,
         train_idx=np.arange(len(files.index)),

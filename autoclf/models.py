@@ -61,6 +61,19 @@ def classifier(model: torch.nn.Module) -> torch.nn.Module | None:
     return get() if get is not None else None
 
 
+def set_head(model: torch.nn.Module, head: torch.nn.Linear) -> None:
+    """Copy ``head``'s weights into ``model``'s classifier (same shape, or a clear error)."""
+    target = classifier(model)
+    if not isinstance(target, torch.nn.Linear) or target.weight.shape != head.weight.shape:
+        raise ValueError(
+            f"{type(model).__name__}'s classifier {target!r} is not a Linear layer of shape "
+            f"{tuple(head.weight.shape)}: a head fitted on its features does not fit it"
+        )
+    with torch.no_grad():
+        target.weight.copy_(head.weight)
+        target.bias.copy_(head.bias)
+
+
 def head_parameters(model: torch.nn.Module) -> set[int]:
     """The ids of the classifier head's parameters; none for a model without one."""
     head = classifier(model)

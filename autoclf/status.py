@@ -164,6 +164,8 @@ def _running_trial(
     stride = files.space.max_epochs
     config = t.user_attrs.get("config") or {}
     epochs = int(config.get("epochs") or t.params.get("epochs") or stride)
+    if config.get("kind") == "head":  # one report per fold, at the stride's end
+        epochs = stride
     folds = files.n_folds
     values = t.intermediate_values
     if values:

@@ -24,7 +24,7 @@ from autoclf.config import TrainParams
 from autoclf.errors import AutoclfError
 from autoclf.inference import Preprocess, autocast_for, predict_views
 from autoclf.metrics import Metric, get_metric
-from autoclf.models import MEMORY_FORMAT, create_model, head_parameters
+from autoclf.models import MEMORY_FORMAT, create_model, head_parameters, set_head
 from autoclf.optim import LRSchedule, build_optimizer
 from autoclf.threads import follow_free_cores
 
@@ -116,8 +116,12 @@ def fit(
     keep_weights: bool = False,
     on_epoch: Callable[[EpochReport], None] | None = None,
     micro_batch: int | None = None,
+    head: torch.nn.Linear | None = None,
 ) -> FitResult:
     """Train ``params.backbone`` on ``train_idx`` and score each epoch on ``val_idx``.
+
+    ``head``: the classifier to start from (LP-FT: fitted on the frozen body's features)
+    instead of a new one.
 
     ``on_epoch`` runs after every epoch and may raise (``optuna.TrialPruned``) to stop. With
     ``val_idx=None`` it trains all ``params.epochs`` epochs and keeps the last weights.
@@ -133,7 +137,10 @@ def fit(
     cuda = device.type == "cuda"
     workers = _loader_workers(loader_workers, device)
 
-    model = create_model(params, num_classes=num_classes).to(device, memory_format=MEMORY_FORMAT)
+    model = create_model(params, num_classes=num_classes)
+    if head is not None:
+        set_head(model, head)
+    model = model.to(device, memory_format=MEMORY_FORMAT)
     if cuda:
         torch.backends.cudnn.benchmark = True
     # Normalisation (and any resize) happens on the device, for training and validation alike.

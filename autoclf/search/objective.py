@@ -25,12 +25,15 @@ import optuna
 import torch
 
 from autoclf import atomic
+from autoclf.config import TrainParams
+from autoclf.features import FeatureStore, LogFn
+from autoclf.head import fit_head, probe_params, train_head
 from autoclf.metrics import Metric
 from autoclf.search import weights
 from autoclf.search.events import EpochDone, EventFn, TrialStarted
 from autoclf.search.space import SearchSpace
 from autoclf.search.trial_log import TrialLog
-from autoclf.trainer import EpochReport, NonFiniteLossError, fit, release_memory
+from autoclf.trainer import EpochReport, FitResult, NonFiniteLossError, fit, release_memory
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Objective:
     worker: str = ""
     balance: str | None = None
     keep_weights: int = 0  # the best this many complete trials keep their fold weights
+    features: FeatureStore | None = None  # for head-only and LP-FT trials
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial_dir = trial_dir_of(self.study_dir, trial.number)
@@ -96,7 +100,9 @@ class Objective:
                 def on_epoch(report: EpochReport, fold: int = fold) -> None:
                     nonlocal epochs_run
                     epochs_run += 1  # pruned folds count too: epochs are the compute spent
-                    step = fold * self.space.max_epochs + report.epoch
+                    # A head-only fold reports once, at the step of a fine-tune fold's end.
+                    stride = self.space.max_epochs
+                    step = fold * stride + (stride if params.kind == "head" else report.epoch)
                     val_losses[str(step)] = round(report.val_loss, 6)
                     trial.set_user_attr("epochs_run", epochs_run)
                     trial.set_user_attr("val_losses", val_losses)
@@ -120,8 +126,10 @@ class Objective:
                 val_idx = np.flatnonzero(self.folds == fold)
                 while True:
                     try:
-                        result = fit(
+                        result = fit_fold(
                             params,
+                            features=self.features,
+                            log=log,
                             images=self.images,
                             labels=self.labels,
                             train_idx=np.flatnonzero(self.folds != fold),
@@ -133,7 +141,9 @@ class Objective:
                             loader_workers=self.loader_workers,
                             micro_batch=micro_batch,
                             on_epoch=on_epoch,
-                            keep_weights=self.keep_weights > 0,
+                            # A head refits from the features in a second: writing a
+                            # whole body per fold would cost more than finalize refitting it.
+                            keep_weights=self.keep_weights > 0 and params.kind != "head",
                         )
                         break
                     except torch.OutOfMemoryError as exc:
@@ -193,6 +203,40 @@ class Objective:
             value=value,
         )
         return value
+
+
+def fit_fold(
+    params: TrainParams,
+    *,
+    features: FeatureStore | None,
+    log: LogFn = lambda _: None,
+    **kwargs,
+) -> FitResult:
+    """One fold of a trial of either kind: a head on the cached features (``kind: head``), or
+    :func:`autoclf.trainer.fit`, from a head fitted on them where ``lp_ft`` asks for it.
+    ``kwargs`` are :func:`autoclf.trainer.fit`'s."""
+    if (params.kind == "head" or params.lp_ft) and features is None:
+        raise ValueError(f"a {params.kind} trial with lp_ft={params.lp_ft} needs a FeatureStore")
+    if params.kind == "head":
+        return fit_head(
+            params,
+            features=features.get(params, log=log),
+            **{k: v for k, v in kwargs.items() if k not in FINETUNE_ONLY_ARGS},
+        )
+    head = None
+    if params.lp_ft:
+        head = train_head(
+            probe_params(params),
+            features=features.get(params, log=log),
+            labels=kwargs["labels"],
+            train_idx=kwargs["train_idx"],
+            num_classes=kwargs["num_classes"],
+            seed=kwargs["seed"],
+        )
+    return fit(params, head=head, **kwargs)
+
+
+FINETUNE_ONLY_ARGS = ("images", "device", "loader_workers", "micro_batch")
 
 
 def trial_dir_of(study_dir: Path, number: int) -> Path:

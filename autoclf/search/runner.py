@@ -38,6 +38,7 @@ from autoclf.data import (
     save_index,
 )
 from autoclf.errors import AutoclfError, DataError, StudyMismatchError
+from autoclf.features import FeatureStore
 from autoclf.metrics import AUTO, Metric, choose_metric, get_metric
 from autoclf.models import ensure_pretrained
 from autoclf.search.events import EventFn, TrialFinished, ignore
@@ -260,6 +261,12 @@ def run(prepared: PreparedSearch, *, on_event: EventFn = ignore) -> optuna.Study
         loader_workers=config.loader_workers,
         balance=config.balance,
         keep_weights=config.keep_weights,
+        features=FeatureStore(
+            prepared.study_dir / "features",
+            prepared.cache.images,
+            prepared.cache.path.name,
+            prepared.device,
+        ),
     )
     result = work(
         study,
@@ -309,9 +316,10 @@ def attach(
         pruner=files.space.make_pruner(),
     )
     torch_device = resolve_device(device)
+    images = np.load(cache_path, mmap_mode="r")
     objective = Objective(
         space=files.space,
-        images=np.load(cache_path, mmap_mode="r"),
+        images=images,
         labels=files.index.label_array,
         folds=files.folds,
         num_classes=len(files.index.classes),
@@ -324,6 +332,7 @@ def attach(
         worker=worker,
         balance=config.balance,
         keep_weights=config.keep_weights,
+        features=FeatureStore(study_dir / "features", images, Path(cache_path).name, torch_device),
     )
     return AttachedWorker(study, objective, claim_lock(storage_url, config.study), torch_device)
 
