@@ -61,11 +61,17 @@ def test_status_of_a_running_search(tmp_path, start):
     assert values == sorted(values, reverse=True)
     assert len(values) == status.counts["COMPLETE"]
 
-    # The same, as the user types it in a second terminal while the search runs.
-    shown = autoclf("status", "--study", STUDY, cwd=tmp_path)
-    assert shown.returncode == 0, shown.stderr
+    # The same, as the user types it in a second terminal while the search runs. A trial
+    # takes about a second here: the command may land between two, so it may be asked again.
+    row = re.compile(r"^ *\d+ +cpu0 \(pid \d+\) +[12]/2 +[0-2]/2 +\d+% ", re.M)
+
+    def shown_running():
+        shown = autoclf("status", "--study", STUDY, cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        return shown if row.search(shown.stdout) else None
+
+    shown = wait_for("`autoclf status` with a running trial", shown_running, timeout=60)
     assert re.search(r"study r: \d+ of 100 trials finished", shown.stdout)
-    assert re.search(r"^ *\d+ +cpu0 \(pid \d+\) +[12]/2 +[0-2]/2 +\d+% ", shown.stdout, re.M)
     assert re.search(r"time left: about \d+ (s|min|h)", shown.stdout), shown.stdout
 
     search.send_signal(signal.SIGINT)
