@@ -163,8 +163,10 @@ def test_member_oof_reproduces_the_search(studies):
 def test_fold_models_the_search_kept_are_used_and_match_a_retrain(studies, monkeypatch):
     import autoclf.finalize as fin
 
-    real_fit, calls = fin.fit, []
-    monkeypatch.setattr(fin, "fit", lambda *a, **k: (calls.append(k["seed"]), real_fit(*a, **k))[1])
+    real_fit, calls = fin.fit_fold, []
+    monkeypatch.setattr(
+        fin, "fit_fold", lambda *a, **k: (calls.append(k["seed"]), real_fit(*a, **k))[1]
+    )
     steps: list[str] = []
     options = FinalizeConfig(
         study="s", studies_dir=str(studies), top_k=3, select="topk", tta="2", refit="folds"
@@ -224,7 +226,7 @@ def test_auto_vote_picks_the_better_on_oof(studies):
 def test_interrupted_finalize_resumes_without_redoing_work(studies, monkeypatch):
     import autoclf.finalize as fin
 
-    real_fit, calls = fin.fit, []
+    real_fit, calls = fin.fit_fold, []
 
     def dying_fit(*args, **kwargs):
         calls.append(kwargs["seed"])
@@ -232,7 +234,7 @@ def test_interrupted_finalize_resumes_without_redoing_work(studies, monkeypatch)
             raise KeyboardInterrupt  # as if Ctrl-C arrived during the third training run
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(fin, "fit", dying_fit)
+    monkeypatch.setattr(fin, "fit_fold", dying_fit)
     for path in (studies / "s" / "trials").glob("*/fold*"):
         path.unlink()  # as a search with --keep-weights 0 leaves it: every fold is trained
     with pytest.raises(KeyboardInterrupt):
@@ -246,7 +248,9 @@ def test_interrupted_finalize_resumes_without_redoing_work(studies, monkeypatch)
         record.write_text(json.dumps({"best_epoch": kept}))
 
     calls.clear()
-    monkeypatch.setattr(fin, "fit", lambda *a, **k: (calls.append(k["seed"]), real_fit(*a, **k))[1])
+    monkeypatch.setattr(
+        fin, "fit_fold", lambda *a, **k: (calls.append(k["seed"]), real_fit(*a, **k))[1]
+    )
     _, summary, _ = _finalize(studies, top_k=2, select="topk", tta="off")
     assert {p: p.stat().st_mtime_ns for p in done} == stamps  # finished work was not redone
     # 2 members x (2 folds + 1 full refit) = 6 runs in all; 2 were done before the interrupt.
