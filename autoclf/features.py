@@ -96,7 +96,7 @@ class FeatureStore:
                         f"-> {path.name}",
                     )
                     return np.load(path, mmap_mode="r")
-        _say(log, f"features loaded: {path.name}")
+        log(f"features loaded: {path.name}")  # the trial's log; the worker's says when computed
         return np.load(path, mmap_mode="r")
 
 

@@ -33,7 +33,7 @@ from autoclf.config import FinalizeConfig, TrainParams
 from autoclf.data import build_cache
 from autoclf.ensemble import rank_key, select_greedy, select_top_k, vote
 from autoclf.errors import AutoclfError
-from autoclf.features import FeatureStore
+from autoclf.features import FeatureStore, feature_views
 from autoclf.inference import VIEWS, Preprocess, View, predict_views, views_for
 from autoclf.metrics import Metric, get_metric
 from autoclf.models import load_trained
@@ -128,6 +128,8 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
     for trial, weight in zip(chosen, selection.weights, strict=True):
         params = TrainParams.from_dict(trial.user_attrs["config"])
         views = views_for(params.hflip)[:n_views]
+        if params.kind == "head":  # a head trained on these views' features and no others
+            views = tuple(v for v in views if v in feature_views(params.hflip))
         oof_views = _fold_oof(
             trial.number, params, files, cache.images, features, views, device, config, on_step
         )

@@ -345,7 +345,12 @@ def test_a_head_only_member_reloads_in_a_fresh_process_and_predicts_as_finalize_
     assert out.returncode == 0, out.stderr + out.stdout
     manifest = json.loads((study / "final" / "manifest.json").read_text())
     assert {m["params"]["kind"] for m in manifest["members"]} == {"head"}
-    test = json.loads((study / "final" / "summary.json").read_text())["test"]
+    # tried under the two views its head trained on (the image and its mirror image) alone
+    for member in manifest["members"]:
+        assert set(member["views"]) <= {"identity", "hflip"}
+        assert (study / "final" / "members" / str(member["trial"]) / "oof_views2.npy").is_file()
+    summary = json.loads((study / "final" / "summary.json").read_text())
+    test = summary["test"]
     assert test["accuracy"] >= 0.75, test  # the images it learned from, 64 px
     out = autoclf("predict", str(data), *common, "--out", "again.csv", cwd=tmp_path)
     assert out.returncode == 0, out.stderr + out.stdout
