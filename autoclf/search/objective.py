@@ -205,6 +205,10 @@ class Objective:
         return value
 
 
+# fit()'s arguments that a head on cached features has no use for.
+FINETUNE_ONLY_ARGS = ("images", "device", "loader_workers", "micro_batch")
+
+
 def fit_fold(
     params: TrainParams,
     *,
@@ -234,9 +238,6 @@ def fit_fold(
             seed=kwargs["seed"],
         )
     return fit(params, head=head, **kwargs)
-
-
-FINETUNE_ONLY_ARGS = ("images", "device", "loader_workers", "micro_batch")
 
 
 def trial_dir_of(study_dir: Path, number: int) -> Path:
