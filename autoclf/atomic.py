@@ -5,6 +5,7 @@ A process killed mid-write leaves the old file or no file, never half of a new o
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -72,3 +73,30 @@ def link_or_copy(source: str | Path, target: str | Path) -> None:
             raise
         except OSError:  # no hard links here (another file system, or none at all)
             shutil.copyfile(source, tmp)
+
+
+class FileLock:
+    """An exclusive flock on ``path`` (created if need be), held between ``acquire`` and
+    ``release``, or over a ``with`` block. The kernel drops it if the holder dies, so a killed
+    process never leaves it held."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)  # closing the descriptor drops the flock
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

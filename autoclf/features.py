@@ -12,13 +12,10 @@ it makes every other worker wait for the one computing instead of computing agai
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +73,7 @@ class FeatureStore:
         computed here if no worker has yet. ``log`` (and the worker's log) says which."""
         path = self.path(params)
         if not path.is_file():
-            with _locked(path.with_suffix(".lock")):
+            with atomic.FileLock(path.with_suffix(".lock")):
                 if not path.is_file():  # else another worker computed them meanwhile
                     start = time.perf_counter()
                     views = feature_views(params.hflip)
@@ -134,15 +131,3 @@ def pooled_features(
 def _say(log: LogFn, line: str) -> None:
     log(line)
     logger.info(line)
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive flock on ``path``; the kernel drops it if this process dies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)

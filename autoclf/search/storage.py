@@ -8,8 +8,6 @@ exact across processes and machines, and retries that keep the reason a trial wa
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
 import threading
 import time
@@ -21,6 +19,8 @@ import optuna
 import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
+
+from autoclf import atomic
 
 HEARTBEAT_INTERVAL_S = 60
 GRACE_FACTOR = 3  # a trial is stale after this many missed heartbeats
@@ -178,25 +178,10 @@ def claim_lock(url: str, study_name: str) -> ClaimLock:
     this process only, so workers on several machines may overshoot ``--trials`` slightly.
     """
     if url.startswith("sqlite:///") and ":memory:" not in url:
-        return _FileLock(Path(url.removeprefix("sqlite:///")).with_suffix(".claim.lock"))
+        return atomic.FileLock(Path(url.removeprefix("sqlite:///")).with_suffix(".claim.lock"))
     if re.match(r"^postgres(ql)?(\+\w+)?://", url):
         return _PostgresLock(url, zlib.crc32(f"autoclf:{study_name}".encode()))
     return _LocalLock()
-
-
-class _FileLock:
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)  # released by the kernel if this process dies
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fd, self.fd = self.fd, None
-            os.close(fd)  # closing the descriptor drops the flock
 
 
 class _PostgresLock:
