@@ -61,7 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except AutoclfError as exc:
-        err_console.print(f"[bold red]error:[/] {mask_url(str(exc))}", highlight=False)
+        # Plain text, not markup (a message may hold "[...]"); soft_wrap: one line, however
+        # long, that the terminal wraps and grep finds.
+        message = Text.assemble(("error:", "bold red"), f" {mask_url(str(exc))}")
+        err_console.print(message, highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Signalled) else signal.SIGINT
@@ -609,7 +612,12 @@ def _print_survey(found) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     from autoclf.search import prepare  # torch and timm load here, not for --help
     from autoclf.search.pool import Pool, plan_slots
-    from autoclf.search.runner import SearchFailedError, study_dir_for, tidy_if_unbound
+    from autoclf.search.runner import (
+        SearchFailedError,
+        check_inputs,
+        study_dir_for,
+        tidy_if_unbound,
+    )
 
     _weights_store(args)  # before the workers start
     slots = plan_slots(args.gpus, args.workers)
@@ -641,6 +649,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         balance=args.balance,
         keep_weights=args.keep_weights,
     )
+    # Bad data, a typo in the space: refused before a worker starts or a folder is made.
+    inputs = check_inputs(config)
     view = _LiveWorkers(config.metric, verbose=args.verbose)
     # The workers start now and import torch and timm while this process prepares the study.
     study_dir = study_dir_for(config)
@@ -650,7 +660,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     ):
         with _progress("decoding images into the cache") as advance:
             prepared = prepare(
-                config, allow_space_change=args.allow_space_change, on_cache_progress=advance
+                config,
+                inputs=inputs,
+                allow_space_change=args.allow_space_change,
+                on_cache_progress=advance,
             )
         for note in prepared.notes:
             console.print(f"note: {note}", highlight=False, soft_wrap=True)

@@ -192,12 +192,59 @@ def test_epoch_budget_runs_what_fits_through_the_workers_then_nothing(searched):
 
 
 def test_a_first_run_stopped_by_a_bad_image_leaves_no_study_behind(tmp_path):
-    for c, name in enumerate(("a", "b")):
-        for i in range(4):
-            save_image(tmp_path / "data" / name / f"{i}.png", seed=10 * c + i)
+    _classes(tmp_path / "data", {"a": 5, "b": 5})
     (tmp_path / "data" / "a" / "broken.png").write_bytes(b"not an image")
     out = autoclf("search", "data", "--study", "typo", "--space", "tiny", cwd=tmp_path)
     assert out.returncode == 2
     assert "broken.png" in out.stderr and "--skip-bad-images" in out.stderr
     # The worker's (empty) log and the empty cache folder went with it: no half-made study.
     assert not (tmp_path / "studies" / "typo").exists()
+
+
+def _classes(root: Path, counts: dict[str, int]) -> Path:
+    for c, (name, n) in enumerate(counts.items()):
+        for i in range(n):
+            save_image(root / name / f"{i}.png", seed=100 * c + i)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("counts", "says"),
+    [
+        ({"ants": 8}, ["one class", "'ants', 8 images", "at least two"]),
+        ({"ants": 6, "bees": 3}, ["'bees' has 3 images", "folds=5", "lower --folds"]),
+    ],
+    ids=["one-class", "too-few-images"],
+)
+def test_data_that_cannot_be_split_is_refused_before_anything_is_made(tmp_path, counts, says):
+    _classes(tmp_path / "data", counts)
+    started = time.perf_counter()
+    out = autoclf("search", "data", "--study", "first", "--space", "tiny", cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    for words in says:
+        assert words in out.stderr
+    assert "Traceback" not in out.stderr
+    # Refused before a worker started (no log) or the study's folder was made.
+    assert not (tmp_path / "studies").exists()
+    assert time.perf_counter() - started < 30  # no worker was waited for
+
+
+def test_a_class_emptied_by_skipped_images_leaves_no_cache_behind(tmp_path):
+    """Only decoding finds this one: the cache was written, and goes with the refused run."""
+    data = _classes(tmp_path / "data", {"a": 5, "b": 5})
+    (data / "b" / "0.png").write_bytes(b"not an image")
+    out = autoclf(
+        "search", "data", "--study", "first", "--space", "tiny", "--skip-bad-images", cwd=tmp_path
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "'b' has 4 images" in out.stderr
+    assert not (tmp_path / "studies" / "first").exists()
+    # Fixed, the same command makes the study from scratch: nothing of the refused run is in
+    # the way ("the data changed since study … was created").
+    save_image(data / "b" / "0.png", seed=7)
+    again = autoclf(
+        "search", "data", "--study", "first", "--space", "tiny", "--trials", "1", "--folds", "2",
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (tmp_path / "studies" / "first" / "index.csv").is_file()

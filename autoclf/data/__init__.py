@@ -2,7 +2,7 @@
 
 from autoclf.data.cache import BadImagesError, ImageCache, build_cache
 from autoclf.data.duplicates import Duplicates, find_duplicates, fold_groups, perceptual_hashes
-from autoclf.data.folds import assign_folds
+from autoclf.data.folds import assign_folds, check_splittable
 from autoclf.data.images import load_rgb
 from autoclf.data.index import DataIndex, build_index, load_index, save_index
 
@@ -13,6 +13,7 @@ __all__ = [
     "ImageCache",
     "assign_folds",
     "build_cache",
+    "check_splittable",
     "build_index",
     "find_duplicates",
     "fold_groups",

@@ -11,6 +11,8 @@ import csv
 import difflib
 import io
 import json
+import shlex
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -31,6 +33,7 @@ from autoclf.data import (
     assign_folds,
     build_cache,
     build_index,
+    check_splittable,
     find_duplicates,
     fold_groups,
     load_index,
@@ -103,12 +106,17 @@ def study_dir_for(config: SearchConfig) -> Path:
 
 @contextmanager
 def tidy_if_unbound(study_dir: Path) -> Iterator[None]:
-    """Around a first run: if it stops before the study is bound (no index.csv), take away
-    the empty logs and folders it made, so a typo or a bad image leaves no study behind.
-    A log with something in it, and a cache that was written, stay."""
+    """Around a first run: if it stops before the study is bound (no index.csv), take away what
+    it made, so that a typo or bad data leaves no study behind. A first run refused for bad
+    input leaves nothing: the fixed data will need a new cache anyway. One that was interrupted
+    keeps a log with something in it and the cache it wrote, for the next try."""
     bound = (study_dir / "index.csv").is_file()
     try:
         yield
+    except AutoclfError:
+        if not bound and not (study_dir / "index.csv").is_file():
+            shutil.rmtree(study_dir, ignore_errors=True)
+        raise
     finally:
         if not bound and not (study_dir / "index.csv").is_file():
             for log in (study_dir / "logs").glob("*.log"):
@@ -119,15 +127,33 @@ def tidy_if_unbound(study_dir: Path) -> Iterator[None]:
                     folder.rmdir()
 
 
-def prepare(
-    config: SearchConfig,
-    *,
-    allow_space_change: bool = False,
-    on_cache_progress: Callable[[int, int], None] | None = None,
-) -> PreparedSearch:
+@dataclass
+class Inputs:
+    """A search's space and data, checked (see :func:`check_inputs`)."""
+
+    space: SearchSpace
+    index: DataIndex
+
+
+def start_over(config: SearchConfig) -> str:
+    """The command that deletes a study (its trials, folds, cache and models), to start it
+    again under the same name."""
+    remove = f"rm -r {shlex.quote(str(study_dir_for(config).resolve()))}"
+    if config.storage is None:  # the SQLite file is in the folder
+        return remove
+    return (
+        f"optuna delete-study --storage {mask_url(config.storage)} --study-name {config.study} "
+        f"&& {remove}"
+    )
+
+
+def check_inputs(config: SearchConfig) -> Inputs:
+    """Every check of a search's input that needs neither a decoded image nor the storage: the
+    metric's name, the space file, the epoch budget, and for a new study the data (two classes
+    or more, each with an image per fold). It makes nothing on disk but the built-in data sets,
+    so ``autoclf search`` runs it before it starts a worker or makes the study's folder."""
     if config.metric != AUTO:
         get_metric(config.metric)  # an unknown name fails before any work
-    device = resolve_device(config.device)
     space = load_space(config.space)
     if config.epoch_budget is not None:
         budget = EpochBudget.of(config.epoch_budget, config.folds, space)
@@ -136,6 +162,26 @@ def prepare(
                 f"--epoch-budget {budget.total} is less than one trial of {space.name}: "
                 f"{config.folds} folds × {space.max_epochs} epochs = {budget.per_trial}"
             )
+    index = build_index(config.data, datasets_dir=Path(config.studies_dir).resolve() / "_datasets")
+    if not (study_dir_for(config) / "index.csv").is_file():  # a resume checks its saved folds
+        check_splittable(
+            index.label_array, n_splits=config.folds, classes=index.classes, groups=index.groups
+        )
+    return Inputs(space, index)
+
+
+def prepare(
+    config: SearchConfig,
+    *,
+    inputs: Inputs | None = None,
+    allow_space_change: bool = False,
+    on_cache_progress: Callable[[int, int], None] | None = None,
+) -> PreparedSearch:
+    """Everything a search needs before its first trial; ``inputs`` are :func:`check_inputs`'s
+    for this ``config``, if it was already called."""
+    inputs = inputs or check_inputs(config)
+    space, index = inputs.space, inputs.index
+    device = resolve_device(config.device)
     study_dir = study_dir_for(config)
     study_dir.mkdir(parents=True, exist_ok=True)
     index_path = study_dir / "index.csv"
@@ -145,7 +191,6 @@ def prepare(
         config = _resolve_from_saved(config, study_dir)
         _check_same_config(config, study_dir)
         _check_same_space(space, study_dir, allow_change=allow_space_change)
-    index = build_index(config.data, datasets_dir=Path(config.studies_dir).resolve() / "_datasets")
     excluded_path = study_dir / "excluded.csv"
     excluded = _read_excluded(excluded_path) if index_path.is_file() else {}
     index = index.without(excluded)  # images this study left out when it was created
@@ -162,7 +207,8 @@ def prepare(
     if cache.skipped and index_path.is_file():
         raise StudyMismatchError(
             f"{len(cache.skipped)} image(s) of study {config.study!r} no longer decode "
-            f"(first: {next(iter(cache.skipped.values()))}); restore them or start a new study"
+            f"(first: {next(iter(cache.skipped.values()))}); restore them, or start over: "
+            f"{start_over(config)}"
         )
     if cache.skipped:
         index, excluded = index.without(cache.skipped), cache.skipped
@@ -353,7 +399,7 @@ def _saved_folds(config: SearchConfig, index: DataIndex, saved_path: Path) -> np
         raise StudyMismatchError(
             f"the data changed since study {config.study!r} was created "
             f"({added} image(s) added, {removed} removed, or labels/groups changed); "
-            f"start a new study with another --study name"
+            f"start a new study with another --study name, or start over: {start_over(config)}"
         )
     return folds  # the same folds as every earlier run of this study
 
@@ -420,7 +466,8 @@ def _check_same_config(config: SearchConfig, study_dir: Path) -> None:
         if diff:
             raise StudyMismatchError(
                 f"study {config.study!r} was created with other settings ({'; '.join(diff)}); "
-                "re-run with the original values or use another --study name"
+                "re-run with the original values, use another --study name, or start over: "
+                f"{start_over(config)}"
             )
 
 
