@@ -242,9 +242,7 @@ def test_a_class_emptied_by_skipped_images_leaves_no_cache_behind(tmp_path):
     # Fixed, the same command makes the study from scratch: nothing of the refused run is in
     # the way ("the data changed since study … was created").
     save_image(data / "b" / "0.png", seed=7)
-    again = autoclf(
-        "search", "data", "--study", "first", "--space", "tiny", "--trials", "1", "--folds", "2",
-        cwd=tmp_path,
-    )
+    command = "search data --study first --space tiny --trials 1 --folds 2".split()
+    again = autoclf(*command, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert (tmp_path / "studies" / "first" / "index.csv").is_file()
