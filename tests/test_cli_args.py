@@ -41,3 +41,55 @@ def test_predict_names_its_default_file_after_the_data(data, name):
     from autoclf.cli import predictions_name
 
     assert predictions_name(data) == name
+
+
+def _commands(parser) -> dict:
+    """Every (sub)command's parser by its name: "search", "weights list", …"""
+    import argparse
+
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[name] = sub
+                found.update({f"{name} {k}": v for k, v in _commands(sub).items()})
+    return found
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    from autoclf.cli import build_parser
+
+    commands = _commands(build_parser())
+    assert list(commands)[:7] == [
+        "inspect",
+        "search",
+        "status",
+        "finalize",
+        "predict",
+        "report",
+        "weights",
+    ]  # in the order a user runs them
+    for name, parser in commands.items():
+        for action in parser._actions:
+            if action.dest == "help" or action.help == "==SUPPRESS==":
+                continue
+            what = action.option_strings or [action.metavar or action.dest]
+            assert action.help and action.help.strip(), f"autoclf {name} {what[0]} has no help"
+        if " " not in name:  # each command shows how it is run
+            assert f"example:\n  autoclf {name} " in parser.epilog, name
+            assert f"autoclf {name} " in parser.format_help()
+
+
+def test_options_appear_only_where_they_act():
+    from autoclf.cli import build_parser
+
+    commands = _commands(build_parser())
+
+    def options(name):
+        return {s for a in commands[name]._actions for s in a.option_strings}
+
+    # -v prints every epoch of every trial: only a search runs trials.
+    assert [name for name in commands if "--verbose" in options(name)] == ["search"]
+    for name in ("status", "finalize", "predict", "report"):
+        assert {"--study", "--studies-dir"} <= options(name), name
+    assert {n for n in commands if "--device" in options(n)} == {"finalize", "predict"}

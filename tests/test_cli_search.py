@@ -201,6 +201,9 @@ def test_a_first_run_stopped_by_a_bad_image_leaves_no_study_behind(tmp_path):
     assert not (tmp_path / "studies" / "typo").exists()
 
 
+_FIRST = ("search", "data", "--study", "first", "--space", "tiny")
+
+
 def _classes(root: Path, counts: dict[str, int]) -> Path:
     for c, (name, n) in enumerate(counts.items()):
         for i in range(n):
@@ -219,7 +222,7 @@ def _classes(root: Path, counts: dict[str, int]) -> Path:
 def test_data_that_cannot_be_split_is_refused_before_anything_is_made(tmp_path, counts, says):
     _classes(tmp_path / "data", counts)
     started = time.perf_counter()
-    out = autoclf("search", "data", "--study", "first", "--space", "tiny", cwd=tmp_path)
+    out = autoclf(*_FIRST, cwd=tmp_path)
     assert out.returncode == 2, out.stdout + out.stderr
     for words in says:
         assert words in out.stderr
@@ -233,16 +236,13 @@ def test_a_class_emptied_by_skipped_images_leaves_no_cache_behind(tmp_path):
     """Only decoding finds this one: the cache was written, and goes with the refused run."""
     data = _classes(tmp_path / "data", {"a": 5, "b": 5})
     (data / "b" / "0.png").write_bytes(b"not an image")
-    out = autoclf(
-        "search", "data", "--study", "first", "--space", "tiny", "--skip-bad-images", cwd=tmp_path
-    )
+    out = autoclf(*_FIRST, "--skip-bad-images", cwd=tmp_path)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "'b' has 4 images" in out.stderr
     assert not (tmp_path / "studies" / "first").exists()
     # Fixed, the same command makes the study from scratch: nothing of the refused run is in
     # the way ("the data changed since study … was created").
     save_image(data / "b" / "0.png", seed=7)
-    command = "search data --study first --space tiny --trials 1 --folds 2".split()
-    again = autoclf(*command, cwd=tmp_path)
+    again = autoclf(*_FIRST, "--trials", "1", "--folds", "2", cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert (tmp_path / "studies" / "first" / "index.csv").is_file()
