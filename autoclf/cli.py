@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import shutil
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     console.quiet = args.quiet  # errors go to err_console, which stays
+    for out in (console, err_console):
+        # A log file's line is not cut at 80 columns: one message, one line, for grep.
+        out.soft_wrap = not out.is_terminal
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats are "experimental" in Optuna's terms; that is no news to our users.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -604,7 +610,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def _print_survey(found) -> None:
     counts = found.class_counts()
     console.print(f"data: {found.source}", highlight=False, soft_wrap=True)
-    table = _table(f"{len(found.images)} images, {len(counts)} classes")
+    table = _table(f"{_count(len(found.images), 'image')}, {_count(len(counts), 'class')}")
     table.add_column("class", no_wrap=True)
     table.add_column("images", justify="right")
     table.add_column("share", justify="right")
@@ -745,6 +751,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 "nothing to run"
             )
             console.print(leaderboard(study, config.metric))
+            _print_next_steps(args, prepared)
             return 0
         console.print(
             f"workers: {', '.join(s.name for s in slots)} (logs in {prepared.study_dir / 'logs'})",
@@ -756,6 +763,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     console.print(leaderboard(study, config.metric))
     if config.epoch_budget is not None:
         console.print(_budget_words(prepared), highlight=False)
+    _print_next_steps(args, prepared)
     if result.interrupted is not None:
         name = signal.Signals(result.interrupted).name
         requeued = ", ".join(f"#{n}" for n in result.interrupted_trials) or "none"
@@ -770,6 +778,57 @@ def cmd_search(args: argparse.Namespace) -> int:
         reasons = "; ".join(f"{w}: {why}" for w, why in result.gave_up.items())
         raise SearchFailedError(f"every worker stopped before --trials was reached ({reasons})")
     return 0
+
+
+def _print_next_steps(args: argparse.Namespace, prepared) -> None:
+    """The commands that come next, runnable as printed (pasted in the same directory)."""
+    name = prepared.config.study
+    autoclf = _executable("autoclf")
+    where = ["--study", name]
+    if args.studies_dir != "studies":
+        where += ["--studies-dir", args.studies_dir]
+    steps: list[tuple[list[str], str]] = []
+    if any(t.state.name == "COMPLETE" for t in prepared.study.get_trials(deepcopy=False)):
+        test = _held_out_data(prepared.config.data)
+        if test:
+            finalize = ([autoclf, "finalize", *where, "--test", test], f"scored on {test}")
+        else:
+            finalize = ([autoclf, "finalize", *where], "--test DATA scores held-out images")
+        steps.append((finalize[0], f"the best trials as one ensemble, {finalize[1]}"))
+    steps.append(([autoclf, "report", *where], "what the search tried, as a web page"))
+    url = mask_url(prepared.storage_url)  # with a password: masked, to fill in by hand
+    steps.append(([_executable("optuna-dashboard"), url], "the study in Optuna's dashboard"))
+    trials = [_executable("optuna"), "trials", "--storage", url, "--study-name", name, "-f", "yaml"]
+    steps.append((trials, "every trial, from Optuna's own command line"))
+    console.print("next:", highlight=False)
+    for command, why in steps:
+        line = Text(f"  {shlex.join(command)}")
+        line.append(f"   # {why}", style="dim")
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def _executable(name: str) -> str:
+    """``name`` where the shell finds this installation's one, else its full path (a venv
+    that is not activated)."""
+    mine = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if found and mine.exists() and Path(found).resolve() == mine.resolve():
+        return name
+    return str(mine) if mine.exists() else name
+
+
+def _held_out_data(data: str) -> str | None:
+    """The held-out data beside DATA, to suggest for ``finalize --test``: digits-test for
+    digits; for a folder such as photos/train, a sibling named val, test and the like."""
+    if data == "digits":
+        return "digits-test"
+    path = Path(data)
+    if data in BUILTIN or not path.is_dir():
+        return None
+    for sibling in ("test", "val", "valid", "validation", "testing", "holdout"):
+        if sibling != path.name and (path.parent / sibling).is_dir():
+            return str(path.parent / sibling)
+    return None
 
 
 def _cpu_space() -> tuple[str, str]:
@@ -822,7 +881,8 @@ def _print_study(prepared, *, chosen: bool) -> None:
     config, index, study = prepared.config, prepared.index, prepared.study
     counts = ", ".join(f"{name} {n}" for name, n in index.class_counts().items())
     console.print(
-        f"data: {len(index)} images, {len(index.classes)} classes ({counts})", highlight=False
+        f"data: {_count(len(index), 'image')}, {_count(len(index.classes), 'class')} ({counts})",
+        highlight=False,
     )
     ratio = imbalance_ratio(index.class_counts().values())
     if chosen and not prepared.resumed:
@@ -859,11 +919,8 @@ def _print_study(prepared, *, chosen: bool) -> None:
     )
     # soft_wrap: a command or URL broken over two lines cannot be copied and pasted.
     console.print(f"storage: {mask_url(prepared.storage_url)}", highlight=False, soft_wrap=True)
-    console.print(
-        f"dashboard: [bold]{dashboard_command(prepared.storage_url)}[/]",
-        highlight=False,
-        soft_wrap=True,
-    )
+    dashboard = dashboard_command(prepared.storage_url, _executable("optuna-dashboard"))
+    console.print(Text.assemble("dashboard: ", (dashboard, "bold")), soft_wrap=True)
 
 
 # --- finalize and predict -------------------------------------------------------------------
@@ -903,7 +960,8 @@ def cmd_finalize(args: argparse.Namespace) -> int:
         if result.test.labels is not None:  # unlabelled test images are predicted, not scored
             _print_test(result.test)
         console.print(
-            f"predictions: {len(result.test.paths)} images, {result.final_dir / 'predictions.csv'}",
+            f"predictions: {_count(len(result.test.paths), 'image')}, "
+            f"{result.final_dir / 'predictions.csv'}",
             soft_wrap=True,
             highlight=False,
         )
@@ -1012,6 +1070,13 @@ def _print_skipped(skipped: dict[str, str]) -> None:
             console.print(f"  {reason}", highlight=False, soft_wrap=True)
 
 
+def _count(n: int, noun: str) -> str:
+    """ "1 class", "2 classes", "1 image", "3 images"."""
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n} {noun}es" if noun.endswith("s") else f"{n} {noun}s"
+
+
 def _table(title: str | None) -> Table:
     """The look of every autoclf table: no box, underlined headers, one space between columns."""
     return Table(
@@ -1061,7 +1126,7 @@ def _final_table(result) -> Table:
 def _print_test(result) -> None:
     m = result.metrics
     console.print(
-        f"test: {len(result.paths)} images  accuracy {m['accuracy']:.4f}  "
+        f"test: {_count(len(result.paths), 'image')}  accuracy {m['accuracy']:.4f}  "
         f"f1_macro {m['f1_macro']:.4f}  "
         f"log_loss {m['log_loss']:.4f}",
         highlight=False,
@@ -1078,43 +1143,78 @@ def _print_test(result) -> None:
 
 
 class _LiveWorkers:
-    """One line per worker for its running trial, plus a printed line per finished trial."""
+    """One line per worker for its running trial, plus a printed line per finished trial.
+
+    Where stdout is not a terminal (nohup, CI, a scheduler's log file), nothing redraws: each
+    trial's start is printed, then a plain progress line per worker at most every
+    $AUTOCLF_PROGRESS_EVERY seconds (30 unless set; every epoch with ``-v``)."""
 
     def __init__(self, metric: str, *, verbose: bool = False):
         self.metric = metric
         self.verbose = verbose
+        self.every = _seconds_from_env("AUTOCLF_PROGRESS_EVERY", 30.0)
         self.lines: dict[str, Text] = {}
+        self.started: dict[str, float] = {}  # worker → when its trial started (monotonic)
+        self.printed: dict[str, float] = {}  # worker → when its last progress line was printed
 
     def __rich__(self) -> Group | Text:
         return Group(*self.lines.values()) if self.lines else Text("starting workers…")
 
     def handle(self, event: Event) -> None:
         who = f"{event.worker}  " if event.worker else ""
+        plain = not console.is_terminal
+        now = time.monotonic()
         if isinstance(event, TrialStarted):
+            self.started[event.worker] = self.printed[event.worker] = now
             self.lines[event.worker] = Text(
                 f"{who}trial {event.number}: starting  {_fmt_params(event.params)}"
             )
+            if plain:
+                console.print(_stamped(self.lines[event.worker]), highlight=False, soft_wrap=True)
         elif isinstance(event, EpochDone):
             r = event.report
             # Train and validation loss side by side: the first sign of over- or underfitting.
             val_loss = f" val {r.val_loss:.3f}" if r.val_loss is not None else ""
+            elapsed = _duration(now - self.started.get(event.worker, now))
             self.lines[event.worker] = Text(
                 f"{who}trial {event.number}: fold {event.fold + 1}/{event.folds}  "
                 f"epoch {r.epoch}/{r.epochs}  {self.metric} {r.score:.4f} "
                 f"(fold best {r.best_score:.4f})  loss train {r.train_loss:.3f}{val_loss}  "
-                f"lr {r.lr:.2e}  {r.seconds:.1f}s/epoch"
+                f"lr {r.lr:.2e}  {r.seconds:.1f}s/epoch  {elapsed} into the trial"
             )
-            if self.verbose:
-                console.print(self.lines[event.worker], highlight=False)
+            due = now - self.printed.get(event.worker, 0.0) >= self.every
+            if self.verbose or (plain and due):
+                self.printed[event.worker] = now
+                line = _stamped(self.lines[event.worker]) if plain else self.lines[event.worker]
+                console.print(line, highlight=False, soft_wrap=True)
         elif isinstance(event, TrialFinished):
             self.lines.pop(event.worker, None)
-            console.print(_finished_line(event, self.metric), highlight=False)
+            finished = _finished_line(event, self.metric)
+            console.print(_stamped(finished) if plain else finished, highlight=False)
         elif isinstance(event, WorkerNote):
             self.lines.pop(event.worker, None)
             out = err_console if event.problem else console  # --quiet keeps the problems
             out.print(
                 Text(f"{event.worker}: {event.message}", style="red" if event.problem else "dim")
             )
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # NaN too
+        raise AutoclfError(f"${name} must be a number of seconds (0 or more), got {text!r}")
+    return value
+
+
+def _stamped(line: Text) -> Text:
+    """``line`` after the time of day: a log file's lines say when."""
+    return Text(time.strftime("%H:%M:%S "), style="dim") + line
 
 
 def _finished_line(event: TrialFinished, metric: str) -> Text:
@@ -1135,7 +1235,7 @@ def _finished_line(event: TrialFinished, metric: str) -> Text:
     return line
 
 
-def leaderboard(study: optuna.Study, metric: str, top: int = 10) -> Table:
+def leaderboard(study: optuna.Study, metric: str, top: int = 10) -> Table | Text:
     from autoclf.study import best_first
 
     every = study.get_trials(deepcopy=False)
@@ -1144,6 +1244,8 @@ def leaderboard(study: optuna.Study, metric: str, top: int = 10) -> Table:
     for t in every:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    if not trials:  # a header over no rows says nothing
+        return Text(f"study {study.study_name}: {summary or 'no trials'}; none completed yet")
     table = _table(f"study {study.study_name}: {summary}")
     table.add_column("#", justify="right")
     table.add_column(f"{metric} ±sd", justify="right", no_wrap=True)
@@ -1179,14 +1281,26 @@ def _fmt_value(v: object) -> str:
 
 
 class _progress:
-    """A progress bar for a long step; it appears only once the step reports progress."""
+    """A progress bar for a long step; it appears only once the step reports progress. Where
+    stdout is not a terminal, a plain line instead, when the step starts and then at most
+    every 30 seconds, then when it is done."""
+
+    EVERY_S = 30.0
 
     def __init__(self, description: str):
         self.description = description
         self.progress: Progress | None = None
+        self.printed: float | None = None  # plain lines: when the last one was
 
     def __enter__(self) -> Callable[[int, int], None]:
         def advance(done: int, total: int) -> None:
+            if not console.is_terminal:
+                now = time.monotonic()
+                if self.printed is None or now - self.printed >= self.EVERY_S or done == total:
+                    self.printed = now
+                    line = Text(f"{self.description}: {done}/{total}")
+                    console.print(_stamped(line), highlight=False)
+                return
             if self.progress is None:
                 self.progress = Progress(
                     TextColumn(self.description),

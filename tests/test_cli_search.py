@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -22,13 +24,16 @@ from tests.conftest import save_image
 STUDY = "e2e"
 
 
-def autoclf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def autoclf(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     exe = shutil.which("autoclf", path=str(Path(sys.executable).parent)) or "autoclf"
-    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [exe, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 def search_digits(
-    cwd: Path, *, trials: int, folds: int, extra: tuple[str, ...] = ()
+    cwd: Path, *, trials: int, folds: int, extra: tuple[str, ...] = (), env: dict | None = None
 ) -> subprocess.CompletedProcess:
     return autoclf(
         "search",
@@ -43,17 +48,21 @@ def search_digits(
         str(folds),
         *extra,
         cwd=cwd,
+        env=env,
     )
 
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
-    """``autoclf search digits --space tiny --trials 3 --folds 2``, run once for the module."""
+    """``autoclf search digits --space tiny --trials 3 --folds 2``, run once for the module, its
+    output redirected (not a terminal) as under nohup, with a progress line every epoch."""
     cwd = tmp_path_factory.mktemp("user")
-    out = search_digits(cwd, trials=3, folds=2)
+    started = time.time()
+    out = search_digits(cwd, trials=3, folds=2, env={"AUTOCLF_PROGRESS_EVERY": "0"})
     assert out.returncode == 0, out.stderr + out.stdout
     study_dir = cwd / "studies" / STUDY
     url = f"sqlite:///{study_dir / 'study.db'}"
+    (cwd / "started").write_text(repr(started))
     return cwd, study_dir, url, out.stdout
 
 
@@ -82,6 +91,45 @@ def test_search_leaves_study_oof_and_attributes(searched):
         per_fold = [np.mean(oof[folds == f].argmax(1) == labels[folds == f]) for f in (0, 1)]
         assert per_fold == pytest.approx(attrs["fold_scores"])
     assert study.user_attrs["metric"] == "accuracy" and study.user_attrs["space"] == "tiny"
+
+
+def test_a_redirected_search_prints_progress_within_a_minute(searched):
+    cwd, _, _, stdout = searched
+    started = float((cwd / "started").read_text())
+    progress = re.compile(
+        r"^(\d\d):(\d\d):(\d\d) (\S+ +)?trial 0: fold 1/2  epoch 1/\d+  accuracy [\d.]+ .*"
+        r"s/epoch  \d+ s into the trial$",
+        re.MULTILINE,
+    )
+    first = progress.search(stdout)
+    assert first, stdout
+    h, m, sec = (int(first.group(i)) for i in (1, 2, 3))
+    clock = time.localtime(started)
+    after = h * 3600 + m * 60 + sec - (clock.tm_hour * 3600 + clock.tm_min * 60 + clock.tm_sec)
+    assert after % 86400 < 60, f"the first progress line came {after % 86400} s after the start"
+    # It came while the trial ran, before its result.
+    assert stdout.index(first.group(0)) < stdout.index("#0 ")
+
+
+def test_the_search_ends_with_the_next_commands_runnable_as_printed(searched):
+    from autoclf.cli import build_parser
+
+    cwd, _, url, stdout = searched
+    steps = stdout[stdout.index("\nnext:\n") :].splitlines()[2:6]
+    commands = [shlex.split(line.split("   # ")[0]) for line in steps]
+    assert [c[1] for c in commands] == ["finalize", "report", url, "trials"]
+    for command in commands:  # this venv's, whether or not it is on PATH
+        assert shutil.which(command[0]), command
+    finalize, report, dashboard, trials = commands
+    assert finalize[2:] == ["--study", STUDY, "--test", "digits-test"]
+    assert build_parser().parse_args(finalize[1:]).run.__name__ == "cmd_finalize"
+    out = subprocess.run(report, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "report.html" in out.stdout, out.stderr
+    out = subprocess.run(trials, cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"number: {2}" in out.stdout
+    # One attribute a line: no 1,600-character table rows from the attributes autoclf stores.
+    assert max(len(line) for line in out.stdout.splitlines()) < 200
 
 
 def test_optuna_cli_lists_the_same_trials(searched):

@@ -185,8 +185,13 @@ def load_space(name_or_path: str) -> SearchSpace:
 def parse_space(text: str, *, name: str = "space", where: str = "<space>") -> SearchSpace:
     try:
         doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpaceError(f"{where}: not valid YAML: {exc}") from exc
+    except yaml.YAMLError as exc:  # its own text names "<unicode string>", not the file
+        mark = getattr(exc, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        parts = (getattr(exc, "context", None), getattr(exc, "problem", None))
+        raise SpaceError(
+            f"{where}{at}: not valid YAML: {' '.join(p for p in parts if p) or exc}"
+        ) from exc
     if not isinstance(doc, dict):
         raise SpaceError(
             f"{where}: expected a mapping with a 'params' key, got {type(doc).__name__}"

@@ -9,6 +9,7 @@ exact across processes and machines, and retries that keep the reason a trial wa
 from __future__ import annotations
 
 import re
+import shlex
 import threading
 import time
 import zlib
@@ -95,8 +96,10 @@ def open_storage(url: str, *, heartbeat: int = HEARTBEAT_INTERVAL_S) -> optuna.s
     return storage
 
 
-def dashboard_command(url: str) -> str:
-    return f"optuna-dashboard {mask_url(url)}"
+def dashboard_command(url: str, executable: str = "optuna-dashboard") -> str:
+    """The shell command that opens the study's storage in optuna-dashboard, its password
+    masked (to fill in by hand)."""
+    return shlex.join([executable, mask_url(url)])
 
 
 # --- lost trials: failed with their reason, re-run with the same parameters ------------------

@@ -156,6 +156,15 @@ def test_missing_backbone_and_bad_yaml():
         parse_space("params: [unclosed\n")
 
 
+def test_bad_yaml_is_named_by_its_file_line_and_column(tmp_path):
+    space = tmp_path / "mine.yaml"
+    space.write_text("params:\n  backbone: test_resnet\n  lr: {low: 0.1\n")
+    with pytest.raises(SpaceError) as err:
+        load_space(str(space))
+    assert str(err.value).startswith(f"{space}:4:1: not valid YAML")
+    assert "unicode string" not in str(err.value)
+
+
 def test_unknown_space_name_lists_shipped_ones(tmp_path):
     with pytest.raises(SpaceError, match="unknown search space 'tinyy'.*tiny"):
         load_space("tinyy")

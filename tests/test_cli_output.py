@@ -1,0 +1,75 @@
+"""What the commands print: progress where stdout is not a terminal (nohup, CI, a log file),
+the leaderboard, counts."""
+
+from __future__ import annotations
+
+import re
+
+import optuna
+import pytest
+
+from autoclf import cli
+from autoclf.errors import AutoclfError
+from autoclf.search.events import EpochDone, TrialStarted
+from autoclf.trainer import EpochReport
+
+
+def _epoch(epoch: int, worker: str = "cpu0") -> EpochDone:
+    report = EpochReport(
+        epoch=epoch, epochs=9, train_loss=0.5, score=0.8, best_score=0.8, lr=1e-3, seconds=4.0
+    )
+    return EpochDone(number=3, fold=1, folds=5, report=report, worker=worker)
+
+
+def test_plain_progress_is_one_line_per_worker_every_interval(monkeypatch, capsys):
+    clock = [1000.0]
+    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
+    monkeypatch.setenv("AUTOCLF_PROGRESS_EVERY", "30")
+    assert not cli.console.is_terminal  # as under nohup
+    view = cli._LiveWorkers("accuracy")
+    view.handle(TrialStarted(number=3, params={"backbone": "test_resnet"}, worker="cpu0"))
+    view.handle(TrialStarted(number=4, params={"backbone": "test_resnet"}, worker="cpu1"))
+    for at, epoch in ((10, 1), (20, 2), (31, 3), (45, 4), (62, 5)):
+        clock[0] = 1000.0 + at
+        view.handle(_epoch(epoch))
+    clock[0] = 1040.0
+    view.handle(_epoch(1, worker="cpu1"))
+    out = capsys.readouterr().out
+    stamp = r"\d\d:\d\d:\d\d "
+    assert re.search(rf"^{stamp}cpu0  trial 3: starting  backbone=test_resnet$", out, re.M)
+    printed = re.findall(
+        rf"^{stamp}(cpu\d)  trial \d: fold 2/5  epoch (\d)/9 .* (\d+) s into", out, re.M
+    )
+    # cpu0: 31 s after its start, then 31 s after that line; cpu1 on its own clock.
+    assert printed == [("cpu0", "3", "31"), ("cpu0", "5", "62"), ("cpu1", "1", "40")]
+
+
+def test_a_bad_progress_interval_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("AUTOCLF_PROGRESS_EVERY", "soon")
+    with pytest.raises(AutoclfError, match=r"\$AUTOCLF_PROGRESS_EVERY must be a number"):
+        cli._LiveWorkers("accuracy")
+
+
+def test_a_study_with_no_complete_trial_gets_a_line_not_an_empty_table(capsys):
+    study = optuna.create_study(study_name="s", direction="maximize")
+    assert str(cli.leaderboard(study, "accuracy")) == "study s: no trials; none completed yet"
+    study.enqueue_trial({})
+    trial = study.ask()
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)  # as a Ctrl-C leaves the running one
+    assert str(cli.leaderboard(study, "accuracy")) == "study s: 1 fail; none completed yet"
+    study.tell(study.ask(), 0.5)
+    cli.console.print(cli.leaderboard(study, "accuracy"))
+    assert "study s: 1 complete, 1 fail" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("n", "noun", "words"),
+    [
+        (1, "class", "1 class"),
+        (2, "class", "2 classes"),
+        (1, "image", "1 image"),
+        (0, "image", "0 images"),
+    ],
+)
+def test_counts_agree_with_their_noun(n, noun, words):
+    assert cli._count(n, noun) == words
