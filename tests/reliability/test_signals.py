@@ -44,6 +44,7 @@ def test_signal_mid_trial_requeues_it_and_the_same_command_resumes(tmp_path, sta
 
     assert search.returncode == 128 + signum, err + out
     assert f"stopped by {signum.name}" in err and "run the same command to resume" in err
+    assert "\nnext:\n" in out and "report --study" in out  # what to do now, as after a finish
     assert not [pid for pid in children if alive(pid)]  # no worker or loader survives
     ts = trials(url)
     assert not [t.number for t in ts if t.state == TrialState.RUNNING]
