@@ -13,9 +13,8 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, get_args
 
-import optuna
-from PIL import Image
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -23,19 +22,23 @@ from rich.table import Table
 from rich.text import Text
 
 from autoclf import __version__
-from autoclf.config import SearchConfig, study_path
-from autoclf.data.folds import describe_study_cv
+from autoclf.config import BALANCE, Refit, SearchConfig, Select, Vote, study_path
 from autoclf.data.index import BUILTIN
 from autoclf.errors import AutoclfError
 from autoclf.metrics import AUTO, IMBALANCED, METRICS, imbalance_ratio
+from autoclf.search import record
 from autoclf.search.events import EpochDone, Event, TrialFinished, TrialStarted, WorkerNote
-from autoclf.search.storage import dashboard_command, mask_url
 from autoclf.threads import limit_threads
+
+if TYPE_CHECKING:
+    import optuna
+
+# Heavy modules (torch, timm, optuna, scikit-learn, OpenCV) are imported by the command that
+# needs them, so that `autoclf --help` answers at once.
 
 console = Console()
 err_console = Console(stderr=True)
 
-KEY_PARAMS = ("backbone", "optimizer", "lr", "batch_size", "aug_strength", "scheduler")
 SHORT = {"optimizer": "opt", "batch_size": "batch", "aug_strength": "aug", "scheduler": "sched"}
 
 
@@ -49,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for out in (console, err_console):
         # A log file's line is not cut at 80 columns: one message, one line, for grep.
         out.soft_wrap = not out.is_terminal
+    import optuna
+    from PIL import Image
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats are "experimental" in Optuna's terms; that is no news to our users.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -69,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AutoclfError as exc:
         # Plain text, not markup (a message may hold "[...]"); soft_wrap: one line, however
         # long, that the terminal wraps and grep finds.
+        from autoclf.search.storage import mask_url
+
         message = Text.assemble(("error:", "bold red"), f" {mask_url(str(exc))}")
         err_console.print(message, highlight=False, soft_wrap=True)
         return 2
@@ -281,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument(
         "--balance",
-        choices=("none", "weights", "sampler"),
+        choices=BALANCE,
         default=None,
         help="class imbalance, for every trial: class-weighted loss, or a sampler that draws "
         "every class equally often (default: the space's `balance`, else none)",
@@ -348,14 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     final.add_argument(
         "--select",
-        choices=("greedy", "topk"),
+        choices=get_args(Select),
         default="greedy",
         help="greedy: Caruana selection with replacement on OOF (default); "
         "topk: the K best trials, equally weighted",
     )
     final.add_argument(
         "--vote",
-        choices=("soft", "hard", "auto"),
+        choices=get_args(Vote),
         default="auto",
         help="auto picks the one that scores better on OOF (default)",
     )
@@ -366,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     final.add_argument(
         "--refit",
-        choices=("full", "folds"),
+        choices=get_args(Refit),
         default="full",
         help="full: retrain each member on all data (default); folds: keep its K fold models",
     )
@@ -684,11 +692,11 @@ def _print_survey(found) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from autoclf.search import prepare  # torch and timm load here, not for --help
     from autoclf.search.pool import Pool, plan_slots
     from autoclf.search.runner import (
         SearchFailedError,
         check_inputs,
+        prepare,  # torch and timm load here, not for --help
         study_dir_for,
         tidy_if_unbound,
     )
@@ -782,6 +790,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _print_next_steps(args: argparse.Namespace, prepared) -> None:
     """The commands that come next, runnable as printed (pasted in the same directory)."""
+    from autoclf.search.storage import mask_url
+
     name = prepared.config.study
     autoclf = _executable("autoclf")
     where = ["--study", name]
@@ -878,6 +888,9 @@ def _print_duplicates(prepared) -> None:
 
 
 def _print_study(prepared, *, chosen: bool) -> None:
+    from autoclf.data.folds import describe_study_cv
+    from autoclf.search.storage import dashboard_command, mask_url
+
     config, index, study = prepared.config, prepared.index, prepared.study
     counts = ", ".join(f"{name} {n}" for name, n in index.class_counts().items())
     console.print(
@@ -1227,43 +1240,37 @@ def _finished_line(event: TrialFinished, metric: str) -> Text:
     line.append(f" {t.value:.4f}" if t.value is not None else "       -")
     line.append(f"  {_fmt_params(t.params)}")
     if t.state.name == "FAIL":
-        line.append(f"  ({t.user_attrs.get('fail_reason', 'failed')})", style="red")
-    elif t.state.name == "PRUNED" and "pruned_reason" in t.user_attrs:
-        line.append(f"  ({t.user_attrs['pruned_reason']})", style="dim")
+        line.append(f"  ({t.user_attrs.get(record.FAIL_REASON, 'failed')})", style="red")
+    elif t.state.name == "PRUNED" and record.PRUNED_REASON in t.user_attrs:
+        line.append(f"  ({t.user_attrs[record.PRUNED_REASON]})", style="dim")
     if event.best is not None:
         line.append(f"  best #{event.best.number} {metric} {event.best.value:.4f}", style="bold")
     return line
 
 
 def leaderboard(study: optuna.Study, metric: str, top: int = 10) -> Table | Text:
-    from autoclf.study import best_first
-
     every = study.get_trials(deepcopy=False)
-    trials = best_first(every, study.direction == optuna.study.StudyDirection.MAXIMIZE)
     states: dict[str, int] = {}
     for t in every:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-    if not trials:  # a header over no rows says nothing
+    board = record.leaderboard(every, maximize=study.direction.name == "MAXIMIZE", top=top)
+    if not board.rows:  # a header over no rows says nothing
         return Text(f"study {study.study_name}: {summary or 'no trials'}; none completed yet")
     table = _table(f"study {study.study_name}: {summary}")
     table.add_column("#", justify="right")
     table.add_column(f"{metric} ±sd", justify="right", no_wrap=True)
-    # A study that mixes head-only and fine-tune trials says which each one is.
-    keys = KEY_PARAMS + ("kind",) * any(
-        t.user_attrs.get("config", {}).get("kind") == "head" for t in every
-    )
-    for key in keys:
+    for key in board.settings:
         table.add_column(SHORT.get(key, key), no_wrap=key == "backbone")
     table.add_column("epochs", justify="right")
     table.add_column("time", justify="right")
-    for t in trials[:top]:
+    for r in board.rows:
         table.add_row(
-            str(t.number),
-            f"{t.value:.4f}±{t.user_attrs.get('cv_std', 0):.3f}",
-            *(_fmt_value(t.params.get(k, t.user_attrs.get("config", {}).get(k, ""))) for k in keys),
-            str(t.user_attrs.get("epochs_run", "")),
-            f"{t.user_attrs.get('duration_s', 0):.0f}s",
+            str(r.number),
+            f"{r.value:.4f}±{r.cv_std or 0:.3f}",
+            *(_fmt_value(r.setting(k)) for k in board.settings),
+            str(r.epochs_run),
+            f"{r.duration_s or 0:.0f}s",
         )
     return table
 
@@ -1271,10 +1278,13 @@ def leaderboard(study: optuna.Study, metric: str, top: int = 10) -> Table | Text
 def _fmt_params(params: dict) -> str:
     # In a space with trial kinds, a section's parameters are named for it ("finetune.lr").
     named = {k.split(".")[-1]: v for k, v in params.items()}
-    return " ".join(f"{k}={_fmt_value(named[k])}" for k in ("kind", *KEY_PARAMS) if k in named)
+    keys = ("kind", *record.KEY_SETTINGS)
+    return " ".join(f"{k}={_fmt_value(named[k])}" for k in keys if k in named)
 
 
 def _fmt_value(v: object) -> str:
+    if v is None:
+        return ""
     if isinstance(v, float):
         return f"{v:.1e}" if v and abs(v) < 0.01 else f"{v:.2f}"
     return str(v)

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from autoclf.errors import AutoclfError
 
-SCHEDULERS = ("cosine", "onecycle", "step", "plateau", "constant")
+# The fixed choices, each a Literal type and the tuple of its values.
+Scheduler = Literal["cosine", "onecycle", "step", "plateau", "constant"]
+SCHEDULERS: tuple[Scheduler, ...] = get_args(Scheduler)
 # Class imbalance: none; weights (the loss weighs each class by n / (classes * n_class));
 # sampler (batches drawn with replacement, each class equally likely).
-BALANCE = ("none", "weights", "sampler")
+Balance = Literal["none", "weights", "sampler"]
+BALANCE: tuple[Balance, ...] = get_args(Balance)
 # Which epoch's model a fold keeps and is scored by: its best on the validation fold, or the
 # last. "best" picks the epoch on the same images it then reports, which flatters long runs.
-KEEP = ("best", "last")
+Keep = Literal["best", "last"]
+KEEP: tuple[Keep, ...] = get_args(Keep)
 # What a trial trains: the whole network ("finetune"), or a linear head on the frozen
 # pretrained body's pooled features, computed once per study ("head"; autoclf/head.py).
-KINDS = ("finetune", "head")
+Kind = Literal["finetune", "head"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
+# finalize: how members are picked, how they vote, what they are retrained into.
+Select = Literal["greedy", "topk"]
+Vote = Literal["soft", "hard", "auto"]
+Refit = Literal["full", "folds"]
+# finalize's test-time augmentation: auto, off, or a number of views ("4"), as typed.
+Tta = Literal["auto", "off"] | str
 # The settings a head-only trial uses; every other one is a fine-tune setting.
 HEAD_PARAMS = frozenset(
     {
@@ -48,7 +59,7 @@ class TrainParams:
     """
 
     backbone: str
-    kind: str = "finetune"  # one of KINDS
+    kind: Kind = "finetune"  # one of KINDS
     pretrained: bool = False
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -59,16 +70,16 @@ class TrainParams:
     drop_path: float = 0.0
     aug_strength: float = 0.0
     hflip: bool = True  # horizontal flips among the augmentations (off for text, digits, …)
-    scheduler: str = "cosine"
+    scheduler: Scheduler = "cosine"
     warmup_epochs: float = 0.0
     epochs: int = 10
     image_size: int = 224
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
     patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
-    keep: str = "best"  # one of KEEP: the epoch whose weights, score and OOF a fold keeps
+    keep: Keep = "best"  # one of KEEP: the epoch whose weights, score and OOF a fold keeps
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
-    balance: str = "none"  # one of BALANCE
+    balance: Balance = "none"  # one of BALANCE
     # Fine-tuning a pretrained body: the new head learns at lr × head_lr_mult (the body at lr);
     # the first freeze_epochs epochs train the head alone; freeze_bn keeps BatchNorm's
     # pretrained running statistics (its layers in eval mode), which small batches would spoil.
@@ -112,7 +123,7 @@ class SearchConfig:
     workers: int = 1  # worker processes per device (per GPU, or on the CPU)
     heartbeat: int = 60  # seconds; a trial with no heartbeat for 3 of these is retried
     skip_bad_images: bool = False  # leave out undecodable images (listed in excluded.csv)
-    balance: str | None = None  # none|weights|sampler for every trial; None: the space decides
+    balance: Balance | None = None  # none|weights|sampler for every trial; None: the space decides
     # Near-duplicate images: "group" keeps each set in one fold; "ignore" only reports them.
     # Decides the folds when a study is created; a resumed study keeps its folds.
     duplicates: str = "group"
@@ -132,10 +143,10 @@ class FinalizeConfig:
     studies_dir: str = "studies"
     storage: str | None = None
     top_k: int = 5  # the most distinct members the ensemble may have
-    select: str = "greedy"  # greedy (Caruana, with replacement) | topk
-    vote: str = "auto"  # soft | hard | auto (the better on OOF)
-    tta: str = "auto"  # auto | off | a number of views
-    refit: str = "full"  # full (retrain on all data) | folds (keep the K fold models)
+    select: Select = "greedy"  # greedy (Caruana, with replacement) | topk
+    vote: Vote = "auto"  # soft | hard | auto (the better on OOF)
+    tta: Tta = "auto"  # auto | off | a number of views
+    refit: Refit = "full"  # full (retrain on all data) | folds (keep the K fold models)
     test: str | None = None
     skip_bad_images: bool = False  # leave out test images that cannot be decoded
     device: str = "auto"

@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import optuna
@@ -29,8 +29,8 @@ import torch
 
 import autoclf
 from autoclf import atomic
-from autoclf.config import FinalizeConfig, TrainParams
-from autoclf.data import build_cache
+from autoclf.config import FinalizeConfig, Refit, Select, TrainParams, Vote
+from autoclf.data.cache import build_cache
 from autoclf.ensemble import rank_key, select_greedy, select_top_k, vote
 from autoclf.errors import AutoclfError
 from autoclf.features import FeatureStore, feature_views
@@ -38,9 +38,10 @@ from autoclf.inference import VIEWS, Preprocess, View, predict_views, views_for
 from autoclf.metrics import Metric, get_metric
 from autoclf.models import load_trained
 from autoclf.predict import PredictResult, load_images, predict, write_predictions
-from autoclf.search import weights
+from autoclf.search import record, weights
 from autoclf.search.objective import fit_fold, trial_dir_of, trial_seed
-from autoclf.study import StudyFiles, best_first, load_study, open_study_dir
+from autoclf.search.record import best_first
+from autoclf.study import StudyFiles, load_study, open_study_dir
 from autoclf.trainer import resolve_device
 
 TTA_PREFIXES = (2, 4, 8)  # the view counts --tta auto tries against the identity alone
@@ -107,7 +108,7 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
             "(searched on another machine?) and are left out; copy their trials/<number>/ "
             "folders here to include them"
         )
-    candidates = [np.load(files.dir / t.user_attrs["oof_path"]) for t in trials]
+    candidates = [np.load(files.dir / t.user_attrs[record.OOF_PATH]) for t in trials]
     if config.select == "greedy":
         selection = select_greedy(candidates, labels, metric=metric, max_members=config.top_k)
     else:
@@ -126,7 +127,7 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
     members: list[MemberReport] = []
     plain, tta = [], []
     for trial, weight in zip(chosen, selection.weights, strict=True):
-        params = TrainParams.from_dict(trial.user_attrs["config"])
+        params = TrainParams.from_dict(trial.user_attrs[record.CONFIG])
         views = views_for(params.hflip)[:n_views]
         if params.kind == "head":  # a head trained on these views' features and no others
             views = tuple(v for v in views if v in feature_views(params.hflip))
@@ -218,12 +219,13 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
 def _check_options(config: FinalizeConfig) -> None:
     if config.top_k < 1:
         raise AutoclfError(f"--top-k must be at least 1, got {config.top_k}")
-    if config.select not in ("greedy", "topk"):
-        raise AutoclfError(f"--select must be greedy or topk, got {config.select!r}")
-    if config.vote not in ("soft", "hard", "auto"):
-        raise AutoclfError(f"--vote must be soft, hard or auto, got {config.vote!r}")
-    if config.refit not in ("full", "folds"):
-        raise AutoclfError(f"--refit must be full or folds, got {config.refit!r}")
+    for option, value, kinds in (
+        ("select", config.select, Select),
+        ("vote", config.vote, Vote),
+        ("refit", config.refit, Refit),
+    ):
+        if value not in get_args(kinds):
+            raise AutoclfError(f"--{option} must be {' or '.join(get_args(kinds))}, got {value!r}")
     if config.tta not in ("auto", "off") and not (
         config.tta.isdigit() and 1 <= int(config.tta) <= len(VIEWS)
     ):
@@ -238,7 +240,7 @@ def _complete_trials(study: optuna.Study, files: StudyFiles) -> list[optuna.tria
     trials = [
         t
         for t in best_first(study.get_trials(deepcopy=False), maximize)
-        if "oof_path" in t.user_attrs and (files.dir / t.user_attrs["oof_path"]).is_file()
+        if record.OOF_PATH in t.user_attrs and (files.dir / t.user_attrs[record.OOF_PATH]).is_file()
     ]
     if not trials:
         raise AutoclfError(

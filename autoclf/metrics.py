@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, log_loss
+
+# sklearn is imported where a score is computed: ``autoclf --help`` needs only the names.
 
 
 @dataclass(frozen=True)
@@ -24,15 +25,21 @@ class Metric:
 
 
 def _accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
+    from sklearn.metrics import accuracy_score
+
     return accuracy_score(labels, probs.argmax(axis=1))
 
 
 def _f1_macro(labels: np.ndarray, probs: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+
     classes = np.arange(probs.shape[1])
     return f1_score(labels, probs.argmax(axis=1), labels=classes, average="macro", zero_division=0)
 
 
 def _log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    from sklearn.metrics import log_loss
+
     probs = np.clip(probs, 1e-7, 1.0)
     return log_loss(
         labels, probs / probs.sum(axis=1, keepdims=True), labels=np.arange(probs.shape[1])

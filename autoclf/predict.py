@@ -15,7 +15,7 @@ from sklearn.metrics import confusion_matrix
 
 from autoclf import atomic
 from autoclf.config import TrainParams
-from autoclf.data import ImageCache, build_cache
+from autoclf.data.cache import ImageCache, build_cache
 from autoclf.data.index import build_prediction_index
 from autoclf.ensemble import vote
 from autoclf.errors import AutoclfError, DataError

@@ -18,7 +18,7 @@ are finished). So:
 
 * trials still to start = max(0, target − finished − running), and with ``--epoch-budget``
   at most the whole trials that still fit it (the workers' rule: epochs trained so far, a
-  whole trial held for each running one; see ``search.worker.EpochBudget``);
+  whole trial held for each running one; see ``search.budget.EpochBudget``);
 * each of them takes the mean duration of the finished trials (pruned trials included: future
   trials are pruned about as often); with none finished yet, the mean projected duration of
   the running trials (``elapsed / progress``);
@@ -49,8 +49,9 @@ from datetime import datetime, timedelta
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoclf.search.worker import EpochBudget, epochs_trained
-from autoclf.study import StudyFiles, best_first
+from autoclf.search import record
+from autoclf.search.budget import EpochBudget, epochs_trained
+from autoclf.study import StudyFiles
 
 STATES = (
     TrialState.COMPLETE,
@@ -85,7 +86,7 @@ class StudyStatus:
     target: int  # --trials of the last run (config.json)
     finished: int  # COMPLETE + PRUNED, what --trials counts
     running: list[RunningTrial]  # by trial number
-    leaderboard: list[FrozenTrial]  # the best COMPLETE trials first, at most `top`
+    leaderboard: list[record.TrialRecord]  # the best COMPLETE trials first, at most `top`
     failures: list[tuple[int, str]]  # (number, reason) of the FAIL trials, newest first
     mean_trial_s: float | None  # mean duration of the finished trials
     eta_s: float | None  # seconds until the search ends; None when it cannot be estimated
@@ -119,7 +120,6 @@ def study_status(
         for t in sorted(trials, key=lambda t: t.number)
         if t.state == TrialState.RUNNING
     ]
-    complete = best_first(trials, maximize)
     failures = [
         (t.number, _fail_reason(t))
         for t in sorted(trials, key=lambda t: t.number, reverse=True)
@@ -145,7 +145,7 @@ def study_status(
         target=target,
         finished=len(finished_trials),
         running=running,
-        leaderboard=complete[: max(0, top)],
+        leaderboard=record.leaderboard(trials, maximize=maximize, top=max(0, top)).rows,
         failures=failures,
         mean_trial_s=mean_trial_s,
         eta_s=eta_s,
@@ -162,7 +162,7 @@ def _running_trial(
     (0-based) at step ``f * max_epochs + e``, ``max_epochs`` being the space's largest
     ``epochs`` (the same stride for every trial); a trial with fewer epochs leaves gaps."""
     stride = files.space.max_epochs
-    config = t.user_attrs.get("config") or {}
+    config = t.user_attrs.get(record.CONFIG) or {}
     epochs = int(config.get("epochs") or t.params.get("epochs") or stride)
     if config.get("kind") == "head":  # one report per fold, at the stride's end
         epochs = stride
@@ -176,7 +176,7 @@ def _running_trial(
     # Progress by position (folds before this one, epochs into it) rather than by the number
     # of reports: a fold that stopped early (patience) still counts as done. `fold_scores`
     # grows when a fold ends, so it tells a finished fold from one still training.
-    folds_done = len(t.user_attrs.get("fold_scores") or [])
+    folds_done = len(t.user_attrs.get(record.FOLD_SCORES) or [])
     if folds_done > fold_index:
         position = folds_done * epochs
     else:
@@ -187,7 +187,7 @@ def _running_trial(
         best = max(values.values()) if maximize else min(values.values())
     return RunningTrial(
         number=t.number,
-        worker=t.user_attrs.get("worker"),
+        worker=t.user_attrs.get(record.WORKER),
         started=started,
         elapsed_s=max(0.0, (now - started).total_seconds()),
         fold=fold_index + 1,
@@ -283,7 +283,7 @@ def _devices(gpus: str) -> int:
 
 
 def _fail_reason(t: FrozenTrial) -> str:
-    reason = t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason")
+    reason = record.TrialRecord.of(t).reason
     return str(reason) if reason else "unknown (no reason recorded)"
 
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
 from autoclf.config import SearchConfig, study_path
-from autoclf.data import DataIndex, load_index
+from autoclf.data.index import DataIndex, load_index
 from autoclf.errors import AutoclfError
 from autoclf.search.space import SearchSpace, parse_space
 from autoclf.search.storage import default_storage_url, mask_url, open_storage
@@ -58,16 +57,3 @@ def load_study(files: StudyFiles, storage: str | None = None) -> optuna.Study:
         raise AutoclfError(
             f"study {files.config.study!r} is not in storage {mask_url(url)}"
         ) from exc
-
-
-def ranking(value: float, number: int, maximize: bool) -> tuple[float, int]:
-    """Best value first, ties in trial order: the one ranking that ``autoclf status``, the
-    search's leaderboard, the report, finalize's top-k and the fold weights the search keeps
-    share."""
-    return (-value if maximize else value, number)
-
-
-def best_first(trials: list[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
-    """The complete trials, in :func:`ranking` order."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    return sorted(done, key=lambda t: ranking(t.value, t.number, maximize))

@@ -30,8 +30,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from autoclf.augment import train_transform
 from autoclf.config import TrainParams
-from autoclf.data import build_cache, build_index, load_rgb
-from autoclf.data.cache import resize_square
+from autoclf.data.cache import build_cache, resize_square
+from autoclf.data.images import load_rgb
+from autoclf.data.index import build_index
 from autoclf.inference import Preprocess
 from autoclf.models import create_model
 from autoclf.trainer import CachedImages

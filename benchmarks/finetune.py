@@ -64,7 +64,8 @@ VARIANTS = {
 
 
 def caches(size: int, work: Path):
-    from autoclf.data import build_cache, build_index
+    from autoclf.data.cache import build_cache
+    from autoclf.data.index import build_index
 
     out = {}
     for split in ("train", "val"):

@@ -30,9 +30,9 @@ from pathlib import Path
 import optuna
 
 from autoclf.config import SearchConfig
-from autoclf.search import prepare
 from autoclf.search.events import TrialFinished, TrialStarted
 from autoclf.search.pool import Pool, plan_slots
+from autoclf.search.runner import prepare
 
 # Worker processes import this module (by name) to get the trial bodies below.
 HERE = Path(__file__).resolve().parent

@@ -40,8 +40,9 @@ would have run uninterrupted); ``--fresh`` starts over. A record keeps the space
 last commit that changed the code, and the versions of the packages that can move its numbers:
 a run whose space has changed since is run again, and a table whose records come from several
 commits or package versions names them under it. ``benchmarks/constraints.txt`` pins the
-versions the tables in ``benchmarks/README.md`` were measured with (``pip install -e '.[dev]'
--c benchmarks/constraints.txt``); the script names the versions its records had that differ.
+versions the tables in ``benchmarks/results/search_quality.md`` ("The table now") were
+measured with (``pip install -e '.[dev]' -c benchmarks/constraints.txt``); the script names
+the versions its records had that differ.
 """
 
 from __future__ import annotations
@@ -68,9 +69,10 @@ from autoclf import atomic
 from autoclf.config import FinalizeConfig, SearchConfig
 from autoclf.finalize import finalize
 from autoclf.metrics import get_metric
-from autoclf.search import prepare, run
+from autoclf.search.budget import epochs_trained
+from autoclf.search.runner import prepare, run
 from autoclf.search.space import load_space, resolve_space_path
-from autoclf.search.worker import die_with_parent, epochs_trained
+from autoclf.search.worker import die_with_parent
 
 REPO = Path(__file__).resolve().parent.parent
 HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
@@ -263,7 +265,7 @@ def code_version() -> str:
 PACKAGES = ("torch", "timm", "albumentations", "optuna", "numpy", "opencv-python-headless")
 
 
-# The versions the tables in benchmarks/README.md were measured with.
+# The versions the tables in benchmarks/results/search_quality.md were measured with.
 CONSTRAINTS = REPO / "benchmarks" / "constraints.txt"
 
 
@@ -549,7 +551,7 @@ def main() -> None:
     if differ := unpinned(records):
         print(
             "These runs had other versions than benchmarks/constraints.txt (in brackets), with "
-            f"which the README's tables were measured: {', '.join(differ)}. Their numbers can "
+            f"which the pinned tables were measured: {', '.join(differ)}. Their numbers can "
             "differ by a few images."
         )
 

@@ -93,3 +93,22 @@ def test_options_appear_only_where_they_act():
     for name in ("status", "finalize", "predict", "report"):
         assert {"--study", "--studies-dir"} <= options(name), name
     assert {n for n in commands if "--device" in options(n)} == {"finalize", "predict"}
+
+
+def test_the_cli_imports_no_heavy_module_until_a_command_runs():
+    """``autoclf --help`` answers at once: torch, timm, optuna, scikit-learn and OpenCV are
+    imported by the commands that use them."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "timm", "optuna", "sklearn", "cv2", "albumentations", "sqlalchemy")
+    code = (
+        "import sys, contextlib, io\n"
+        "import autoclf.cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    autoclf.cli.main(['search', '--help'])\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -16,7 +16,7 @@ from autoclf.config import FinalizeConfig, SearchConfig
 from autoclf.finalize import finalize
 from autoclf.inference import views_for
 from autoclf.metrics import get_metric
-from autoclf.search import prepare, run
+from autoclf.search.runner import prepare, run
 
 SPACE = """
 params:
@@ -111,7 +111,7 @@ def test_outputs_scores_and_test_predictions(studies):
 
 
 def test_a_broken_test_image_stops_finalize_before_training_or_is_left_out(studies, tmp_path):
-    from autoclf.data import BadImagesError
+    from autoclf.data.cache import BadImagesError
 
     test_dir = tmp_path / "test"
     test_dir.mkdir()

@@ -19,7 +19,7 @@ import torch
 
 from autoclf import pretrained
 from autoclf.config import TrainParams
-from autoclf.data import build_cache
+from autoclf.data.cache import build_cache
 from autoclf.errors import SpaceError
 from autoclf.features import FeatureStore, feature_views, pooled_features
 from autoclf.head import fit_head, train_head

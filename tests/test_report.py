@@ -12,7 +12,7 @@ import pytest
 
 from autoclf.config import FinalizeConfig, SearchConfig
 from autoclf.finalize import finalize
-from autoclf.search import prepare, run
+from autoclf.search.runner import prepare, run
 from tests.browser import render, screenshot
 from tests.test_cli_search import autoclf
 

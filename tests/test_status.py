@@ -13,7 +13,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from autoclf.config import SearchConfig
-from autoclf.search import prepare
+from autoclf.search.runner import prepare
 from autoclf.status import study_status
 from autoclf.study import load_study, open_study_dir
 from tests.conftest import save_image

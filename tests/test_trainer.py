@@ -6,7 +6,9 @@ import torch
 
 from autoclf import models, trainer
 from autoclf.config import TrainParams
-from autoclf.data import assign_folds, build_cache, build_index
+from autoclf.data.cache import build_cache
+from autoclf.data.folds import assign_folds
+from autoclf.data.index import build_index
 from autoclf.metrics import get_metric
 from autoclf.trainer import NonFiniteLossError, class_balance, fit, release_memory
 

@@ -17,7 +17,8 @@ from autoclf.data.images import load_rgb
 from autoclf.errors import AutoclfError
 from autoclf.metrics import get_metric
 from autoclf.reports.html import escape, figure, page, table, thumbnail, tile
-from autoclf.study import StudyFiles, best_first
+from autoclf.search import record
+from autoclf.study import StudyFiles
 
 MISTAKES = 12  # worst out-of-fold mistakes shown
 SHOWN = 128  # px of a gallery image
@@ -78,23 +79,21 @@ def _complete(trials: list[FrozenTrial]) -> list[FrozenTrial]:
 
 
 def _leaderboard(files: StudyFiles, trials: list[FrozenTrial]) -> str:
-    done = best_first(trials, get_metric(files.config.metric).direction == "maximize")[:15]
-    if not done:
+    maximize = get_metric(files.config.metric).direction == "maximize"
+    board = record.leaderboard(trials, maximize=maximize, top=15)
+    if not board.rows:
         return "<h2>Leaderboard</h2><p>No trial has completed yet.</p>"
-    keys = ("backbone", "optimizer", "lr", "batch_size", "aug_strength", "scheduler")
-    rows = []
-    for t in done:
-        params = t.user_attrs.get("config", t.params)
-        rows.append(
-            [
-                f"#{t.number}",
-                f"{t.value:.4f} ± {t.user_attrs.get('cv_std', float('nan')):.4f}",
-                *(_fmt(params.get(k)) for k in keys),
-                t.user_attrs.get("epochs_run", ""),
-                f"{t.user_attrs.get('duration_s', 0):.0f} s",
-            ]
-        )
-    header = ("trial", f"{files.config.metric} ± sd", *keys, "epochs", "time")
+    rows = [
+        [
+            f"#{r.number}",
+            f"{r.value:.4f} ± {r.cv_std if r.cv_std is not None else float('nan'):.4f}",
+            *(_fmt(r.setting(k)) for k in board.settings),
+            r.epochs_run,
+            f"{r.duration_s or 0:.0f} s",
+        ]
+        for r in board.rows
+    ]
+    header = ("trial", f"{files.config.metric} ± sd", *board.settings, "epochs", "time")
     return "<h2>Leaderboard</h2>" + table(header, rows)
 
 
@@ -122,12 +121,12 @@ def _optuna_plots(study: optuna.Study, trials: list[FrozenTrial]) -> str:
 def _fold_scores(trials: list[FrozenTrial]) -> str:
     import plotly.graph_objects as go
 
-    done = [t for t in _complete(trials) if "fold_scores" in t.user_attrs]
+    done = [t for t in _complete(trials) if record.FOLD_SCORES in t.user_attrs]
     if not done:
         return ""
     fig = go.Figure()
     for t in done:
-        scores = t.user_attrs["fold_scores"]
+        scores = t.user_attrs[record.FOLD_SCORES]
         fig.add_trace(
             go.Box(
                 y=scores,

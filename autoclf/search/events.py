@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
+if TYPE_CHECKING:  # annotations only: the CLI reads events without loading torch or optuna
+    import optuna
 
-from autoclf.trainer import EpochReport
+    from autoclf.trainer import EpochReport
 
 
 @dataclass(frozen=True)

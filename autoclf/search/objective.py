@@ -25,11 +25,12 @@ import optuna
 import torch
 
 from autoclf import atomic
-from autoclf.config import TrainParams
+from autoclf.config import SearchConfig, TrainParams
+from autoclf.data.index import DataIndex
 from autoclf.features import FeatureStore, LogFn
 from autoclf.head import fit_head, probe_params, train_head
-from autoclf.metrics import Metric
-from autoclf.search import weights
+from autoclf.metrics import Metric, get_metric
+from autoclf.search import record, weights
 from autoclf.search.events import EpochDone, EventFn, TrialStarted
 from autoclf.search.space import SearchSpace
 from autoclf.search.trial_log import TrialLog
@@ -54,22 +55,58 @@ class Objective:
     keep_weights: int = 0  # the best this many complete trials keep their fold weights
     features: FeatureStore | None = None  # for head-only and LP-FT trials
 
+    @classmethod
+    def for_study(
+        cls,
+        config: SearchConfig,
+        *,
+        space: SearchSpace,
+        index: DataIndex,
+        folds: np.ndarray,
+        images: np.ndarray,
+        cache_name: str,
+        device: torch.device,
+        study_dir: Path,
+        on_event: EventFn,
+        loader_workers: int | None,
+        worker: str = "",
+    ) -> Objective:
+        """The objective of a prepared study, in the process that prepared it or in a worker
+        process that attached to it: the same settings either way."""
+        return cls(
+            space=space,
+            images=images,
+            labels=index.label_array,
+            folds=folds,
+            num_classes=len(index.classes),
+            metric=get_metric(config.metric),
+            seed=config.seed,
+            device=device,
+            study_dir=study_dir,
+            on_event=on_event,
+            loader_workers=loader_workers,
+            worker=worker,
+            balance=config.balance,
+            keep_weights=config.keep_weights,
+            features=FeatureStore(study_dir / "features", images, cache_name, device),
+        )
+
     def __call__(self, trial: optuna.Trial) -> float:
         trial_dir = trial_dir_of(self.study_dir, trial.number)
         with TrialLog(trial_dir / "log.txt") as log:
-            trial.set_user_attr("log_path", str(log.path.relative_to(self.study_dir)))
+            trial.set_user_attr(record.LOG_PATH, str(log.path.relative_to(self.study_dir)))
             try:
                 value = self._run(trial, log)
             except optuna.TrialPruned as exc:
                 weights.drop(trial_dir)
-                log(f"pruned: {trial.user_attrs.get('pruned_reason', exc)}")
+                log(f"pruned: {trial.user_attrs.get(record.PRUNED_REASON, exc)}")
                 raise
             except BaseException as exc:
                 weights.drop(trial_dir)
-                log(f"failed: {trial.user_attrs.get('fail_reason', repr(exc))}")
+                log(f"failed: {trial.user_attrs.get(record.FAIL_REASON, repr(exc))}")
                 log("".join(traceback.format_exception(exc)).rstrip())
                 raise
-            log(f"complete: {self.metric.name} {value:.4f} ± {trial.user_attrs['cv_std']:.4f}")
+            log(f"complete: {self.metric.name} {value:.4f} ± {trial.user_attrs[record.CV_STD]:.4f}")
             return value
 
     def _run(self, trial: optuna.Trial, log: TrialLog) -> float:
@@ -81,10 +118,10 @@ class Objective:
             + (f" by worker {self.worker} (pid {os.getpid()})" if self.worker else "")
         )
         log(f"params: {params.to_dict()}")
-        trial.set_user_attr("config", params.to_dict())
-        trial.set_user_attr("device", describe_device(self.device))
+        trial.set_user_attr(record.CONFIG, params.to_dict())
+        trial.set_user_attr(record.DEVICE, describe_device(self.device))
         if self.worker:
-            trial.set_user_attr("worker", f"{self.worker} (pid {os.getpid()})")
+            trial.set_user_attr(record.WORKER, f"{self.worker} (pid {os.getpid()})")
         self.on_event(TrialStarted(trial.number, dict(trial.params), self.worker, trial._trial_id))
         n_folds = int(self.folds.max()) + 1
         oof = np.full((len(self.labels), self.num_classes), np.nan, dtype=np.float32)
@@ -104,8 +141,8 @@ class Objective:
                     stride = self.space.max_epochs
                     step = fold * stride + (stride if params.kind == "head" else report.epoch)
                     val_losses[str(step)] = round(report.val_loss, 6)
-                    trial.set_user_attr("epochs_run", epochs_run)
-                    trial.set_user_attr("val_losses", val_losses)
+                    trial.set_user_attr(record.EPOCHS_RUN, epochs_run)
+                    trial.set_user_attr(record.VAL_LOSSES, val_losses)
                     log(
                         f"fold {fold + 1}/{n_folds} epoch {report.epoch}/{report.epochs}: "
                         f"{self.metric.name} {report.score:.4f} (fold best "
@@ -158,7 +195,7 @@ class Objective:
                             f"(batch {params.batch_size}) in fold {fold + 1}: {oom}"
                         )
                     micro_batch = tried // 2  # kept for the later folds too
-                    trial.set_user_attr("micro_batch", micro_batch)
+                    trial.set_user_attr(record.MICRO_BATCH, micro_batch)
                     log(f"fold {fold + 1}: {oom}; again with micro-batch {micro_batch}")
                 oof[val_idx] = result.val_probs
                 if result.state_dict is not None:
@@ -170,31 +207,31 @@ class Objective:
                     f"fold {fold + 1}/{n_folds}: {self.metric.name} {result.kept_score:.4f} "
                     f"at epoch {result.kept_epoch}"
                 )
-                trial.set_user_attr("fold_scores", scores)
-                trial.set_user_attr("fold_kept_epochs", kept_epochs)
+                trial.set_user_attr(record.FOLD_SCORES, scores)
+                trial.set_user_attr(record.FOLD_KEPT_EPOCHS, kept_epochs)
         except NonFiniteLossError as exc:
-            trial.set_user_attr("pruned_reason", f"non-finite loss: {exc}")
+            trial.set_user_attr(record.PRUNED_REASON, f"non-finite loss: {exc}")
             raise optuna.TrialPruned(str(exc)) from exc
         except OutOfMemoryPruned as exc:
-            trial.set_user_attr("pruned_reason", str(exc))
+            trial.set_user_attr(record.PRUNED_REASON, str(exc))
             raise optuna.TrialPruned(str(exc)) from None
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP: Optuna fails the trial
-            trial.set_user_attr("fail_reason", f"interrupted ({exc or 'SIGINT'})")
+            trial.set_user_attr(record.FAIL_REASON, f"interrupted ({exc or 'SIGINT'})")
             raise
         except Exception as exc:
             # The trial boundary: any other failure becomes FAIL with its reason on the trial.
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            trial.set_user_attr(record.FAIL_REASON, f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            trial.set_user_attr("duration_s", round(time.perf_counter() - start, 2))
+            trial.set_user_attr(record.DURATION_S, round(time.perf_counter() - start, 2))
 
         oof_path = trial_dir_of(self.study_dir, trial.number) / "oof.npy"
         atomic.save_npy(oof_path, oof)
-        trial.set_user_attr("oof_path", str(oof_path.relative_to(self.study_dir)))
+        trial.set_user_attr(record.OOF_PATH, str(oof_path.relative_to(self.study_dir)))
         value = float(np.mean(scores))
-        trial.set_user_attr("cv_std", float(np.std(scores)))
+        trial.set_user_attr(record.CV_STD, float(np.std(scores)))
         weights.keep_best(
             trial.study,
             self.study_dir / "trials",

@@ -29,18 +29,16 @@ from pathlib import Path
 import torch
 
 from autoclf.errors import AutoclfError
+from autoclf.search import wire
 from autoclf.search.events import (
-    EpochDone,
     EventFn,
     TrialFinished,
-    TrialStarted,
     WorkerNote,
     ignore,
 )
 from autoclf.search.runner import PreparedSearch, best_or_none
 from autoclf.search.storage import fail_trial
 from autoclf.search.worker import EXIT_FAILED, PARENT_PID_ENV, STOP_SIGNALS, sampler_seed
-from autoclf.trainer import EpochReport
 
 STOP_GRACE_S = 30  # how long a worker may take to fail its trial and exit after a signal
 MAX_RESTARTS = 3  # per worker slot; a worker that keeps dying is not restarted forever
@@ -183,12 +181,9 @@ class Pool:
         kind, name = message["type"], w.slot.name
         if kind == "started":
             w.trial_id, w.trial_number = message["trial_id"], message["number"]
-            self.on_event(TrialStarted(message["number"], message["params"], name, w.trial_id))
+            self.on_event(wire.from_wire(message, name))
         elif kind == "epoch":
-            report = EpochReport(**message["report"])
-            self.on_event(
-                EpochDone(message["number"], message["fold"], message["folds"], report, name)
-            )
+            self.on_event(wire.from_wire(message, name))
         elif kind == "finished":
             study = self.prepared.study
             trial = study._storage.get_trial(message["trial_id"])

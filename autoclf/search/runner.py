@@ -26,35 +26,24 @@ import torch
 import autoclf
 from autoclf import atomic
 from autoclf.config import SearchConfig, study_path
-from autoclf.data import (
-    DataIndex,
-    Duplicates,
-    ImageCache,
-    assign_folds,
-    build_cache,
-    build_index,
-    check_splittable,
-    find_duplicates,
-    fold_groups,
-    load_index,
-    perceptual_hashes,
-    save_index,
-)
+from autoclf.data.cache import ImageCache, build_cache
+from autoclf.data.duplicates import Duplicates, find_duplicates, fold_groups, perceptual_hashes
+from autoclf.data.folds import assign_folds, check_splittable
+from autoclf.data.index import DataIndex, build_index, load_index, save_index
 from autoclf.errors import AutoclfError, DataError, StudyMismatchError
-from autoclf.features import FeatureStore
 from autoclf.metrics import AUTO, Metric, choose_metric, get_metric
 from autoclf.models import ensure_pretrained
+from autoclf.search.budget import EpochBudget
 from autoclf.search.events import EventFn, TrialFinished, ignore
 from autoclf.search.objective import Objective
 from autoclf.search.space import SearchSpace, load_space
 from autoclf.search.storage import (
-    ClaimLock,
     claim_lock,
     default_storage_url,
     mask_url,
     open_storage,
 )
-from autoclf.search.worker import FINISHED, EpochBudget, failure_message, sampler_seed, work
+from autoclf.search.worker import FINISHED, failure_message, sampler_seed, work
 from autoclf.trainer import resolve_device
 
 # Settings that define a study: resuming with any other value would mix incomparable trials.
@@ -152,6 +141,7 @@ def check_inputs(config: SearchConfig) -> Inputs:
     metric's name, the space file, the epoch budget, and for a new study the data (two classes
     or more, each with an image per fold). It makes nothing on disk but the built-in data sets,
     so ``autoclf search`` runs it before it starts a worker or makes the study's folder."""
+    study_dir = study_dir_for(config)  # a name that is not one folder name is refused first
     if config.metric != AUTO:
         get_metric(config.metric)  # an unknown name fails before any work
     space = load_space(config.space)
@@ -163,7 +153,7 @@ def check_inputs(config: SearchConfig) -> Inputs:
                 f"{config.folds} folds × {space.max_epochs} epochs = {budget.per_trial}"
             )
     index = build_index(config.data, datasets_dir=Path(config.studies_dir).resolve() / "_datasets")
-    if not (study_dir_for(config) / "index.csv").is_file():  # a resume checks its saved folds
+    if not (study_dir / "index.csv").is_file():  # a resume checks its saved folds
         check_splittable(
             index.label_array, n_splits=config.folds, classes=index.classes, groups=index.groups
         )
@@ -293,26 +283,17 @@ def run(prepared: PreparedSearch, *, on_event: EventFn = ignore) -> optuna.Study
     (a resume counts the old ones) or ``config.epoch_budget`` is spent. ``autoclf search``
     runs the same loop in worker processes instead (see ``pool.py``)."""
     config, study = prepared.config, prepared.study
-    objective = Objective(
+    objective = Objective.for_study(
+        config,
         space=prepared.space,
-        images=prepared.cache.images,
-        labels=prepared.index.label_array,
+        index=prepared.index,
         folds=prepared.folds,
-        num_classes=len(prepared.index.classes),
-        metric=prepared.metric,
-        seed=config.seed,
+        images=prepared.cache.images,
+        cache_name=prepared.cache.path.name,
         device=prepared.device,
         study_dir=prepared.study_dir,
         on_event=on_event,
         loader_workers=config.loader_workers,
-        balance=config.balance,
-        keep_weights=config.keep_weights,
-        features=FeatureStore(
-            prepared.study_dir / "features",
-            prepared.cache.images,
-            prepared.cache.path.name,
-            prepared.device,
-        ),
     )
     result = work(
         study,
@@ -327,60 +308,6 @@ def run(prepared: PreparedSearch, *, on_event: EventFn = ignore) -> optuna.Study
     if result.why == "failed":
         raise SearchFailedError(failure_message(result.failures))
     return study
-
-
-@dataclass
-class AttachedWorker:
-    study: optuna.Study
-    objective: Objective
-    claim: ClaimLock
-    device: torch.device
-
-
-def attach(
-    study_dir: Path,
-    *,
-    storage_url: str,
-    cache_path: str,
-    device: str,
-    heartbeat: int,
-    loader_workers: int | None,
-    sampler_seed: int,
-    worker: str,
-    on_event: EventFn,
-) -> AttachedWorker:
-    """What a worker process needs to run trials of a study that :func:`prepare` set up:
-    the saved index and folds, the decoded cache (memory-mapped, shared), the study."""
-    from autoclf.study import open_study_dir
-
-    files = open_study_dir(study_dir.parent, study_dir.name)
-    config = files.config
-    study = optuna.load_study(
-        study_name=config.study,
-        storage=open_storage(storage_url, heartbeat=heartbeat),
-        sampler=files.space.make_sampler(sampler_seed),
-        pruner=files.space.make_pruner(),
-    )
-    torch_device = resolve_device(device)
-    images = np.load(cache_path, mmap_mode="r")
-    objective = Objective(
-        space=files.space,
-        images=images,
-        labels=files.index.label_array,
-        folds=files.folds,
-        num_classes=len(files.index.classes),
-        metric=get_metric(config.metric),
-        seed=config.seed,
-        device=torch_device,
-        study_dir=study_dir,
-        on_event=on_event,
-        loader_workers=loader_workers,
-        worker=worker,
-        balance=config.balance,
-        keep_weights=config.keep_weights,
-        features=FeatureStore(study_dir / "features", images, Path(cache_path).name, torch_device),
-    )
-    return AttachedWorker(study, objective, claim_lock(storage_url, config.study), torch_device)
 
 
 def best_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:

@@ -22,6 +22,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from autoclf import atomic
+from autoclf.search import record
 
 HEARTBEAT_INTERVAL_S = 60
 GRACE_FACTOR = 3  # a trial is stale after this many missed heartbeats
@@ -122,7 +123,7 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> int | None:
             distributions=trial.distributions,
             # Optuna's RetryHeartbeatStaleTrialCallback keys, so its helpers read these too.
             system_attrs={"failed_trial": history[0], "retry_history": history},
-            user_attrs={"retry_of": trial.number},
+            user_attrs={record.RETRY_OF: trial.number},
         )
     )
     return study.get_trials(deepcopy=False)[-1].number

@@ -19,6 +19,7 @@ import torch
 from optuna.trial import TrialState
 
 from autoclf import atomic
+from autoclf.search.record import ranking
 
 
 def fold_weights(trial_dir: Path, fold: int) -> Path:
@@ -50,7 +51,6 @@ def keep_best(
     """Trial ``number`` has just finished with ``value`` (not yet COMPLETE in the storage):
     drop the fold weights of every trial under ``trials_dir`` that is not among the best
     ``keep`` complete ones, or that was pruned or failed."""
-    from autoclf.study import ranking  # here, not above: autoclf.study imports this package
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     values = {n: t.value for n, t in trials.items() if t.state == TrialState.COMPLETE}

@@ -21,7 +21,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +29,8 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from autoclf.search.events import EpochDone, Event, TrialStarted
-from autoclf.search.space import SearchSpace
+from autoclf.search import record, wire
+from autoclf.search.budget import EpochBudget
 from autoclf.search.storage import ClaimLock, fail_stale_trials, fail_trial, retry_trial
 from autoclf.threads import limit_threads
 from autoclf.trainer import release_memory
@@ -51,41 +51,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         self.signum = signum
         super().__init__(signal.Signals(signum).name)
-
-
-@dataclass(frozen=True)
-class EpochBudget:
-    """At most ``total`` epochs over the study's trials, where one trial trains at most
-    ``per_trial`` (folds × the space's epochs). A trial starts only while the epochs trained
-    so far, with ``per_trial`` held for every running trial, leave room for one more whole
-    trial: so the study never trains more than ``total``, with any number of workers."""
-
-    total: int
-    per_trial: int
-
-    @classmethod
-    def of(cls, total: int, n_folds: int, space: SearchSpace) -> EpochBudget:
-        """``--epoch-budget total`` for a study of ``n_folds`` folds in ``space``."""
-        return cls(total, per_trial=n_folds * space.max_epochs)
-
-    def committed(self, trials: list[FrozenTrial]) -> int:
-        """Epochs trained by every trial that is not running (pruned and failed ones too:
-        they were compute spent), plus ``per_trial`` for each running one."""
-        running = [t for t in trials if t.state == TrialState.RUNNING]
-        done = [t for t in trials if t.state != TrialState.RUNNING]
-        return epochs_trained(done) + self.per_trial * len(running)
-
-    def trials_left(self, trials: list[FrozenTrial]) -> int:
-        """How many more whole trials fit beside what ``trials`` trained or hold."""
-        return max(0, (self.total - self.committed(trials)) // self.per_trial)
-
-    def room(self, trials: list[FrozenTrial]) -> bool:
-        return self.trials_left(trials) >= 1
-
-
-def epochs_trained(trials: list[FrozenTrial]) -> int:
-    """Every epoch the trials trained so far, pruned and failed ones included."""
-    return sum(int(t.user_attrs.get("epochs_run", 0)) for t in trials)
 
 
 @dataclass
@@ -159,7 +124,7 @@ def work(
 
 def failure_message(failures: list[FrozenTrial]) -> str:
     """Why a worker (or an in-process search) stopped: its last trials all failed."""
-    reason = failures[-1].user_attrs.get("fail_reason", "unknown error")
+    reason = failures[-1].user_attrs.get(record.FAIL_REASON, "unknown error")
     return (
         f"{len(failures)} trials in a row failed (trials {[t.number for t in failures]}); "
         f"the last one with: {reason}"
@@ -230,7 +195,7 @@ def main() -> int:
     study, and imports what it needs meanwhile; then the parent writes a JSON spec on stdin:
     where the study is, which device, the target, and the descriptor to write events to."""
     die_with_parent(int(os.environ[PARENT_PID_ENV]))
-    from autoclf.search.runner import attach  # torch, timm, albumentations: seconds
+    from autoclf.search.attach import attach  # torch, timm, albumentations: seconds
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_interrupted)
@@ -272,7 +237,7 @@ def _serve(spec: dict, attach: Callable) -> int:
         loader_workers=spec["loader_workers"],
         sampler_seed=spec["sampler_seed"],
         worker=spec["worker"],
-        on_event=lambda event: emit(to_wire(event)),
+        on_event=lambda event: emit(wire.to_wire(event)),
     )
     # Everything imported so far (torch, timm, …) lives as long as the process: keep it out
     # of the garbage collector's scans, or the collection after each trial takes ~0.5 s.
@@ -293,7 +258,7 @@ def _serve(spec: dict, attach: Callable) -> int:
         if attached.device.type == "cuda":  # freed after every trial: this must not grow
             mb = torch.cuda.memory_allocated(attached.device) / 2**20
             log.info("GPU memory still allocated after trial %d: %.1f MiB", trial.number, mb)
-        emit({"type": "finished", "trial_id": trial._trial_id})
+        emit(wire.finished(trial._trial_id))
 
     log.info("started on %s (pid %d)", spec["device"], os.getpid())
     result = work(
@@ -307,28 +272,9 @@ def _serve(spec: dict, attach: Callable) -> int:
         device=attached.device,
     )
     reason = failure_message(result.failures) if result.why == "failed" else ""
-    emit({"type": "stopped", "why": result.why, "ran": result.ran, "reason": reason})
+    emit(wire.stopped(result.why, result.ran, reason))
     log.info("stopping: %s after %d trial(s) %s", result.why, result.ran, reason)
     return EXIT_FAILED if result.why == "failed" else 0
-
-
-def to_wire(event: Event) -> dict:
-    if isinstance(event, TrialStarted):
-        return {
-            "type": "started",
-            "number": event.number,
-            "params": event.params,
-            "trial_id": event.trial_id,
-        }
-    if isinstance(event, EpochDone):
-        return {
-            "type": "epoch",
-            "number": event.number,
-            "fold": event.fold,
-            "folds": event.folds,
-            "report": asdict(event.report),
-        }
-    raise TypeError(f"{type(event).__name__} is not sent by workers")
 
 
 def _raise_interrupted(signum: int, frame: object) -> None:

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from autoclf.data import build_cache, build_index
+from autoclf.data.cache import build_cache
+from autoclf.data.index import build_index
 from autoclf.errors import DataError
 
 

@@ -10,10 +10,11 @@ import pytest
 from PIL import Image
 
 from autoclf.config import SearchConfig
-from autoclf.data import assign_folds, find_duplicates, fold_groups, load_rgb, perceptual_hashes
 from autoclf.data.cache import resize_square
-from autoclf.data.duplicates import MAX_DISTANCE
-from autoclf.search import prepare
+from autoclf.data.duplicates import MAX_DISTANCE, find_duplicates, fold_groups, perceptual_hashes
+from autoclf.data.folds import assign_folds
+from autoclf.data.images import load_rgb
+from autoclf.search.runner import prepare
 from tests.conftest import photo
 
 SPACE = "params: {backbone: test_resnet, image_size: 32, epochs: 1}\n"

@@ -3,8 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autoclf.data import assign_folds
-from autoclf.data.folds import describe_cv
+from autoclf.data.folds import assign_folds, describe_cv
 from autoclf.errors import DataError
 
 LABELS = np.repeat([0, 1, 2], [40, 30, 20])

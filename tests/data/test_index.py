@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autoclf.data import build_index, load_index, save_index
+from autoclf.data.index import build_index, load_index, save_index
 from autoclf.errors import DataError
 from tests.conftest import save_image
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from autoclf.data import build_index
+from autoclf.data.index import build_index
 from autoclf.data.survey import survey
 from tests.conftest import photo
 from tests.messy import PHOTOS, messy_folder

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 import autoclf.trainer
 from autoclf.config import SearchConfig
-from autoclf.search import prepare, run
+from autoclf.search.runner import prepare, run
 
 SPACE = """
 params:

@@ -12,8 +12,8 @@ import pytest
 
 from autoclf.config import SearchConfig
 from autoclf.errors import AutoclfError, DataError, StudyMismatchError
-from autoclf.search import SearchFailedError, prepare, run
-from autoclf.search.worker import EpochBudget
+from autoclf.search.budget import EpochBudget
+from autoclf.search.runner import SearchFailedError, prepare, run
 from tests.conftest import save_image
 
 EPOCHS = 3

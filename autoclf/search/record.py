@@ -1,0 +1,109 @@
+"""One record of a trial: the keys a trial stores in its study (Optuna's user attributes),
+read back as one typed record, and the one leaderboard that the search, ``status`` and the
+report all show.
+
+Every module that writes or reads a trial's attributes names them from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+# The user attributes of a trial.
+CONFIG = "config"  # every training setting, the fixed ones too (TrainParams.to_dict())
+CV_STD = "cv_std"  # the standard deviation of the fold scores
+DEVICE = "device"
+DURATION_S = "duration_s"
+EPOCHS_RUN = "epochs_run"  # over every fold, an early-stopped or pruned one too
+FAIL_REASON = "fail_reason"
+FOLD_KEPT_EPOCHS = "fold_kept_epochs"  # the epoch whose weights each fold kept
+FOLD_SCORES = "fold_scores"  # one per finished fold; grows as the folds end
+LOG_PATH = "log_path"  # the trial's log, relative to the study folder
+MICRO_BATCH = "micro_batch"  # after an out-of-memory retry
+OOF_PATH = "oof_path"  # the out-of-fold probabilities, relative to the study folder
+PRUNED_REASON = "pruned_reason"
+RETRY_OF = "retry_of"  # the number of the trial this one runs again
+VAL_LOSSES = "val_losses"  # the validation loss at each reported step
+WORKER = "worker"  # "cpu0 (pid 1234)"
+
+# The settings a leaderboard shows, beside the trial's kind in a study that has head-only ones.
+KEY_SETTINGS = ("backbone", "optimizer", "lr", "batch_size", "aug_strength", "scheduler")
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    number: int
+    state: str  # Optuna's: COMPLETE, PRUNED, FAIL, RUNNING, WAITING
+    value: float | None
+    params: dict[str, Any]  # as sampled; a space with trial kinds names them "head.lr"
+    config: dict[str, Any]  # every training setting (empty until the trial has sampled them)
+    cv_std: float | None
+    fold_scores: list[float]
+    epochs_run: int
+    duration_s: float | None
+    worker: str | None
+    oof_path: str | None
+    reason: str | None  # why it was pruned or failed
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> TrialRecord:
+        attrs = trial.user_attrs
+        return cls(
+            number=trial.number,
+            state=trial.state.name,
+            value=trial.value,
+            params=dict(trial.params),
+            config=dict(attrs.get(CONFIG) or {}),
+            cv_std=attrs.get(CV_STD),
+            fold_scores=list(attrs.get(FOLD_SCORES) or []),
+            epochs_run=int(attrs.get(EPOCHS_RUN, 0)),
+            duration_s=attrs.get(DURATION_S),
+            worker=attrs.get(WORKER),
+            oof_path=attrs.get(OOF_PATH),
+            # A trial failed by Optuna itself (a stale heartbeat) carries its reason there.
+            reason=attrs.get(FAIL_REASON)
+            or attrs.get(PRUNED_REASON)
+            or trial.system_attrs.get(FAIL_REASON),
+        )
+
+    @property
+    def kind(self) -> str:
+        return self.config.get("kind", "finetune")
+
+    def setting(self, key: str) -> Any:
+        """A training setting by its name: from the full config, else from the sampled
+        parameters (a section's "finetune.lr" answers "lr")."""
+        if key in self.config:
+            return self.config[key]
+        named = {k.split(".")[-1]: v for k, v in self.params.items()}
+        return named.get(key)
+
+
+def ranking(value: float, number: int, maximize: bool) -> tuple[float, int]:
+    """The sort key of a complete trial, best first; ties go to the earlier trial. The
+    leaderboards, finalize's top-k and the fold weights the search keeps all rank by it."""
+    return (-value if maximize else value, number)
+
+
+def best_first(trials: list[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
+    """The complete trials, in :func:`ranking` order."""
+    done = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+    return sorted(done, key=lambda t: ranking(t.value, t.number, maximize))
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    settings: tuple[str, ...]  # the settings each row shows: KEY_SETTINGS, and "kind" if mixed
+    rows: list[TrialRecord]  # the best complete trials, best first
+
+
+def leaderboard(trials: list[FrozenTrial], *, maximize: bool, top: int = 10) -> Leaderboard:
+    """The best ``top`` complete trials of a study, and the settings to show beside them."""
+    records = [TrialRecord.of(t) for t in trials]
+    mixed = any(r.kind == "head" for r in records)  # then each row says which kind it is
+    settings = (*KEY_SETTINGS, "kind") if mixed else KEY_SETTINGS
+    return Leaderboard(settings, [TrialRecord.of(t) for t in best_first(trials, maximize)[:top]])
