@@ -30,6 +30,7 @@ from pathlib import Path
 import optuna
 
 from autoclf.config import SearchConfig
+from autoclf.search import storage
 from autoclf.search.events import TrialFinished, TrialStarted
 from autoclf.search.pool import Pool, plan_slots
 from autoclf.search.runner import prepare
@@ -43,7 +44,7 @@ def noop_trial(objective):
     """Tell the parent the trial started, as a real trial does; sample and train nothing."""
 
     def trial(t: optuna.Trial) -> float:
-        objective.on_event(TrialStarted(t.number, {}, objective.worker, t._trial_id))
+        objective.on_event(TrialStarted(t.number, {}, objective.worker, storage.trial_id(t)))
         return 0.0
 
     return trial

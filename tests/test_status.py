@@ -13,6 +13,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from autoclf.config import SearchConfig
+from autoclf.search import storage
 from autoclf.search.runner import prepare
 from autoclf.status import study_status
 from autoclf.study import load_study, open_study_dir
@@ -197,7 +198,7 @@ def test_epochs_trained_count_every_trial_against_the_budget(tmp_path):
     add_finished(writer, TrialState.PRUNED, start=t0, seconds=3, epochs_run=3)
     add_finished(writer, TrialState.FAIL, start=t0, seconds=1, epochs_run=1)
     number = start_running(writer, epochs=4, steps={1: 0.5, 2: 0.6})
-    writer._storage.set_trial_user_attr(writer.trials[number]._trial_id, "epochs_run", 2)
+    storage.set_trial_user_attr(writer, storage.trial_id(writer.trials[number]), "epochs_run", 2)
     status = study_status(files, reader)
     assert (status.epochs_trained, status.epoch_budget) == (8 + 3 + 1 + 2, 40)
 

@@ -30,7 +30,7 @@ from autoclf.data.index import DataIndex
 from autoclf.features import FeatureStore, LogFn
 from autoclf.head import fit_head, probe_params, train_head
 from autoclf.metrics import Metric, get_metric
-from autoclf.search import record, weights
+from autoclf.search import record, storage, weights
 from autoclf.search.events import EpochDone, EventFn, TrialStarted
 from autoclf.search.space import SearchSpace
 from autoclf.search.trial_log import TrialLog
@@ -122,7 +122,9 @@ class Objective:
         trial.set_user_attr(record.DEVICE, describe_device(self.device))
         if self.worker:
             trial.set_user_attr(record.WORKER, f"{self.worker} (pid {os.getpid()})")
-        self.on_event(TrialStarted(trial.number, dict(trial.params), self.worker, trial._trial_id))
+        self.on_event(
+            TrialStarted(trial.number, dict(trial.params), self.worker, storage.trial_id(trial))
+        )
         n_folds = int(self.folds.max()) + 1
         oof = np.full((len(self.labels), self.num_classes), np.nan, dtype=np.float32)
         scores: list[float] = []

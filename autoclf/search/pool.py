@@ -37,7 +37,7 @@ from autoclf.search.events import (
     ignore,
 )
 from autoclf.search.runner import PreparedSearch, best_or_none
-from autoclf.search.storage import fail_trial
+from autoclf.search.storage import fail_trial, get_trial
 from autoclf.search.worker import EXIT_FAILED, PARENT_PID_ENV, STOP_SIGNALS, sampler_seed
 
 STOP_GRACE_S = 30  # how long a worker may take to fail its trial and exit after a signal
@@ -186,7 +186,7 @@ class Pool:
             self.on_event(wire.from_wire(message, name))
         elif kind == "finished":
             study = self.prepared.study
-            trial = study._storage.get_trial(message["trial_id"])
+            trial = get_trial(study, message["trial_id"])
             w.trial_id = w.trial_number = None
             self.on_event(TrialFinished(trial, best_or_none(study), name))
         elif kind == "stopped":

@@ -132,29 +132,24 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> int | None:
 def fail_trial(study: optuna.Study, trial_id: int, reason: str, *, retry: bool = True) -> bool:
     """Mark a RUNNING trial FAIL with ``reason`` and queue its retry; False if it had
     finished already (another process got there first)."""
-    storage = study._storage
     try:
-        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+        set_trial_user_attr(study, trial_id, record.FAIL_REASON, reason)
+        if not _set_failed(study, trial_id):
             return False
     except UpdateFinishedTrialError:
         return False
     if retry:
-        retry_trial(study, storage.get_trial(trial_id))
+        retry_trial(study, get_trial(study, trial_id))
     return True
 
 
 def fail_stale_trials(study: optuna.Study) -> list[int]:
     """Fail the trials whose heartbeat stopped (their worker died), each with its reason,
     and queue their retries. Optuna's own ``fail_stale_trials`` does the same without a
-    reason on the trial; this uses its stale-trial query, which only RDB storages have."""
-    storage = study._storage
-    stale_ids = getattr(storage, "_get_stale_trial_ids", None)
-    if stale_ids is None or storage.get_heartbeat_interval() is None:
-        return []
-    grace = getattr(getattr(storage, "_backend", storage), "grace_period", None)
+    reason on the trial."""
+    stale, grace = stale_trial_ids(study)
     failed = []
-    for trial_id in stale_ids(study._study_id):
+    for trial_id in stale:
         reason = (
             "no heartbeat"
             + (f" for {grace}s" if grace else "")
@@ -163,6 +158,44 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
         if fail_trial(study, trial_id, reason):
             failed.append(trial_id)
     return failed
+
+
+# --- Optuna's private API ------------------------------------------------------------------
+# Every use of it is here, one small function each, each with a test (tests/search/
+# test_storage.py) that would fail if an Optuna release changed it; pyproject.toml bounds
+# optuna to the major version those tests pass with.
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    """The trial's id in its storage (its number counts within the study only)."""
+    return trial._trial_id
+
+
+def get_trial(study: optuna.Study, trial_id: int) -> FrozenTrial:
+    """One trial, read from the storage by id: without reading every trial of the study."""
+    return study._storage.get_trial(trial_id)
+
+
+def set_trial_user_attr(study: optuna.Study, trial_id: int, key: str, value: object) -> None:
+    """A user attribute of any running trial, not only one this process asked for."""
+    study._storage.set_trial_user_attr(trial_id, key, value)
+
+
+def _set_failed(study: optuna.Study, trial_id: int) -> bool:
+    """Mark a running trial FAIL; False if it was not running."""
+    return study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+
+
+def stale_trial_ids(study: optuna.Study) -> tuple[list[int], int | None]:
+    """The RUNNING trials whose heartbeat stopped, and the grace period in seconds after
+    which a heartbeat counts as stopped. None ([], None) for a storage without heartbeats
+    (in memory, or opened without ``heartbeat``)."""
+    storage = study._storage
+    stale_ids = getattr(storage, "_get_stale_trial_ids", None)
+    if stale_ids is None or storage.get_heartbeat_interval() is None:
+        return [], None
+    grace = getattr(getattr(storage, "_backend", storage), "grace_period", None)
+    return list(stale_ids(study._study_id)), grace
 
 
 # --- the claim lock ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from autoclf.search import record, wire
+from autoclf.search import record, storage, wire
 from autoclf.search.budget import EpochBudget
 from autoclf.search.storage import ClaimLock, fail_stale_trials, fail_trial, retry_trial
 from autoclf.threads import limit_threads
@@ -51,6 +51,40 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         self.signum = signum
         super().__init__(signal.Signals(signum).name)
+
+
+class StopSignals:
+    """SIGINT, SIGTERM and SIGHUP in a worker process; one only (the clean-up it starts, fail
+    and re-queue, must not be cut short).
+
+    In the objective (training), the signal raises :class:`Interrupted` at once: the objective
+    writes why it stopped, Optuna fails the trial, and the worker queues it again. In Optuna's
+    own steps around the objective (creating the trial, writing its result) the signal waits
+    until the step is done, so no trial's record is cut in half; the worker then stops before
+    its next trial. Anywhere else it raises at once."""
+
+    def __init__(self) -> None:
+        self.deferred = False  # in Optuna's steps around the objective
+        self.pending: int | None = None  # a signal that came while deferred
+
+    def install(self) -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        if self.deferred:
+            self.pending = signum
+            return
+        raise Interrupted(signum)
+
+    def raise_pending(self) -> None:
+        if self.pending is not None:
+            raise Interrupted(self.pending)
+
+
+STOPPING = StopSignals()  # the worker process's; installed by main()
 
 
 @dataclass
@@ -116,6 +150,7 @@ def work(
         result.ran += 1
         if on_finished is not None:
             on_finished(trial)
+        STOPPING.raise_pending()  # a signal during Optuna's bookkeeping: stop now
         result.failures = [*result.failures, trial] if trial.state == TrialState.FAIL else []
         if len(result.failures) >= MAX_CONSECUTIVE_FAILURES:
             result.why = "failed"
@@ -135,15 +170,22 @@ def _run_one(
     study: optuna.Study, objective: Callable[[optuna.Trial], float], claim: ClaimLock
 ) -> FrozenTrial:
     """One trial through Optuna's own loop (heartbeat, states, reasons), releasing ``claim``
-    as soon as the trial exists."""
+    as soon as the trial exists. A stop signal lands in the objective, never in Optuna's
+    bookkeeping around it (see :class:`StopSignals`)."""
     current: list[int] = []
     done: list[FrozenTrial] = []
 
     def claimed(trial: optuna.Trial) -> float:
-        current.append(trial._trial_id)
+        current.append(storage.trial_id(trial))
         claim.release()  # the trial is RUNNING now, so every other worker counts it
-        return objective(trial)
+        STOPPING.deferred = False
+        try:
+            STOPPING.raise_pending()  # it came while Optuna created the trial
+            return objective(trial)
+        finally:
+            STOPPING.deferred = True
 
+    STOPPING.deferred = True
     try:
         study.optimize(
             claimed,
@@ -151,32 +193,20 @@ def _run_one(
             catch=(Exception,),
             callbacks=[lambda _, trial: done.append(trial)],
         )
-    except BaseException as exc:
-        interrupt = _interrupt_behind(exc)
-        if interrupt is None:
-            raise
+    except KeyboardInterrupt as exc:
         if current:
-            _requeue_interrupted(study, current[0], interrupt)
-        if interrupt is not exc:
-            raise interrupt from None
+            _requeue_interrupted(study, current[0], exc)
         raise
+    finally:
+        STOPPING.deferred = False
     return done[0]
-
-
-def _interrupt_behind(exc: BaseException | None) -> KeyboardInterrupt | None:
-    """The interrupt ``exc`` is, or was raised while handling. A signal that lands in Optuna's
-    bookkeeping after the objective (``_run_trial``'s ``tell``) comes out of ``optimize`` as
-    an ``UnboundLocalError`` from its ``finally``, with the interrupt as its context."""
-    while exc is not None and not isinstance(exc, KeyboardInterrupt):
-        exc = exc.__context__
-    return exc
 
 
 def _requeue_interrupted(study: optuna.Study, trial_id: int, exc: KeyboardInterrupt) -> None:
     """Optuna has failed the trial already (the objective wrote why); make sure of it, even if
     the interrupt came between the objective and Optuna's bookkeeping, and queue it again."""
     fail_trial(study, trial_id, f"interrupted ({exc or 'SIGINT'})", retry=False)
-    trial = study._storage.get_trial(trial_id)
+    trial = storage.get_trial(study, trial_id)
     if trial.state == TrialState.FAIL:
         retry_trial(study, trial)
 
@@ -197,8 +227,7 @@ def main() -> int:
     die_with_parent(int(os.environ[PARENT_PID_ENV]))
     from autoclf.search.attach import attach  # torch, timm, albumentations: seconds
 
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _raise_interrupted)
+    STOPPING.install()
     try:
         raw = sys.stdin.read()
         if not raw.strip():
@@ -258,7 +287,7 @@ def _serve(spec: dict, attach: Callable) -> int:
         if attached.device.type == "cuda":  # freed after every trial: this must not grow
             mb = torch.cuda.memory_allocated(attached.device) / 2**20
             log.info("GPU memory still allocated after trial %d: %.1f MiB", trial.number, mb)
-        emit(wire.finished(trial._trial_id))
+        emit(wire.finished(storage.trial_id(trial)))
 
     log.info("started on %s (pid %d)", spec["device"], os.getpid())
     result = work(
@@ -275,13 +304,6 @@ def _serve(spec: dict, attach: Callable) -> int:
     emit(wire.stopped(result.why, result.ran, reason))
     log.info("stopping: %s after %d trial(s) %s", result.why, result.ran, reason)
     return EXIT_FAILED if result.why == "failed" else 0
-
-
-def _raise_interrupted(signum: int, frame: object) -> None:
-    # One interrupt only: the clean-up it starts (fail, re-queue) must not be cut short.
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
-    raise Interrupted(signum)
 
 
 def die_with_parent(parent_pid: int) -> None:

@@ -8,6 +8,7 @@ import torch
 from optuna.trial import TrialState
 
 from autoclf.errors import AutoclfError
+from autoclf.search import storage
 from autoclf.search.pool import plan_slots
 from autoclf.search.storage import MAX_RETRY, fail_trial, open_storage, retry_trial
 from autoclf.search.worker import sampler_seed
@@ -52,8 +53,8 @@ def test_a_lost_trial_is_failed_with_its_reason_and_retried_with_its_params(tmp_
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 's.db'}"))
     trial = study.ask()
     x = trial.suggest_float("x", 0, 1)
-    assert fail_trial(study, trial._trial_id, "worker cpu0 died with SIGKILL")
-    assert not fail_trial(study, trial._trial_id, "again")  # finished already: left alone
+    assert fail_trial(study, storage.trial_id(trial), "worker cpu0 died with SIGKILL")
+    assert not fail_trial(study, storage.trial_id(trial), "again")  # finished already: left alone
     lost, retry = study.trials
     assert lost.state == TrialState.FAIL
     assert lost.user_attrs["fail_reason"] == "worker cpu0 died with SIGKILL"
@@ -63,7 +64,7 @@ def test_a_lost_trial_is_failed_with_its_reason_and_retried_with_its_params(tmp_
     for _ in range(MAX_RETRY):
         nxt = study.ask()  # pops the waiting retry
         assert nxt.params == {"x": x}
-        fail_trial(study, nxt._trial_id, "lost again")
+        fail_trial(study, storage.trial_id(nxt), "lost again")
     assert len(study.trials) == 1 + MAX_RETRY  # the original and its retries, nothing queued
     assert all(t.state == TrialState.FAIL for t in study.trials)
     assert retry_trial(study, study.trials[-1]) is None

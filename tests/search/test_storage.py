@@ -39,3 +39,36 @@ def test_a_missing_database_driver_names_the_url_kind_and_the_extra(monkeypatch)
     with pytest.raises(ImportError, match=r"postgresql:// URLs .*autoclf\[postgres\]") as err:
         open_storage("postgresql://alice:s3cret@127.0.0.1:1/db")
     assert "s3cret" not in str(err.value)
+
+
+def test_the_wrappers_of_optunas_private_api_still_do_their_job(tmp_path):
+    """Each function that reaches into Optuna's internals, against a real RDB storage: the
+    test that fails first when an Optuna release changes them."""
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from autoclf.search import storage
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    rdb = open_storage(url, heartbeat=1)
+    study = optuna.create_study(study_name="s", storage=rdb)
+    trial = study.ask()
+    frozen = study.trials[0]
+    assert storage.trial_id(trial) == storage.trial_id(frozen)
+    assert storage.get_trial(study, storage.trial_id(trial)).number == trial.number
+    storage.set_trial_user_attr(study, storage.trial_id(trial), "note", "from elsewhere")
+    assert study.trials[0].user_attrs["note"] == "from elsewhere"
+    # One heartbeat, then none: once the grace period is over the trial is stale.
+    rdb.record_heartbeat(storage.trial_id(trial))
+    stale, grace = storage.stale_trial_ids(study)
+    assert grace == 3 and stale == []
+    deadline = time.monotonic() + 3 * grace  # the database's clock counts whole seconds
+    while not stale and time.monotonic() < deadline:
+        time.sleep(0.5)
+        stale, _ = storage.stale_trial_ids(study)
+    assert stale == [storage.trial_id(trial)]
+    assert storage.fail_trial(study, stale[0], "lost", retry=False)
+    assert study.trials[0].state == TrialState.FAIL
+    assert storage.stale_trial_ids(optuna.create_study()) == ([], None)  # in memory: none

@@ -1,8 +1,10 @@
-"""A worker's one trial when an interrupt lands where CI once saw it: inside Optuna's own
-bookkeeping after the objective returned, before the trial's state is written."""
+"""A worker's trial when a stop signal lands: in the objective, the trial fails and is queued
+again; in Optuna's own bookkeeping after the objective (where CI once saw one land), it waits
+until the trial's result is written, and the worker stops before its next trial."""
 
 from __future__ import annotations
 
+import os
 import signal
 
 import optuna
@@ -13,32 +15,59 @@ from autoclf.search import worker
 from autoclf.search.storage import claim_lock
 
 
-def test_an_interrupt_in_optunas_tell_fails_and_requeues_the_trial(tmp_path, monkeypatch):
+class SignalInTell(optuna.samplers.RandomSampler):
+    """Sends SIGINT to this process from ``after_trial``, which Optuna calls while it tells
+    the trial's result, before the trial's state is written."""
+
+    def after_trial(self, study, trial, state, values):
+        os.kill(os.getpid(), signal.SIGINT)
+        super().after_trial(study, trial, state, values)
+
+
+@pytest.fixture
+def stop_signals():
+    saved = {s: signal.getsignal(s) for s in worker.STOP_SIGNALS}
+    worker.STOPPING.__init__()
+    worker.STOPPING.install()
+    yield worker.STOPPING
+    worker.STOPPING.__init__()
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+def _work(study, url, objective):
+    return worker.work(study, objective, target=5, claim=claim_lock(url, study.study_name))
+
+
+def test_a_signal_in_optunas_tell_waits_for_the_result_then_stops(tmp_path, stop_signals):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(
+        study_name="w", storage=url, direction="maximize", sampler=SignalInTell(seed=0)
+    )
+    with pytest.raises(worker.Interrupted) as stopped:
+        _work(study, url, lambda trial: trial.suggest_float("x", 0, 1))
+    assert stopped.value.signum == signal.SIGINT
+    (trial,) = study.trials  # the worker stopped before a second trial
+    assert trial.state == TrialState.COMPLETE and trial.value == trial.params["x"]
+
+
+def test_a_signal_in_the_objective_fails_the_trial_and_queues_it_again(tmp_path, stop_signals):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(study_name="w", storage=url, direction="maximize")
 
-    def interrupted_tell(**kwargs):  # the signal arrives as the state is about to be written
-        raise worker.Interrupted(signal.SIGINT)
+    def objective(trial):
+        trial.suggest_float("x", 0, 1)
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # raises here, in the objective
+        except KeyboardInterrupt as exc:  # as autoclf's objective does
+            trial.set_user_attr("fail_reason", f"interrupted ({exc})")
+            raise
+        return 1.0
 
-    monkeypatch.setattr(optuna.study._optimize, "_tell_with_warning", interrupted_tell)
-    claim = claim_lock(url, "w")
-    claim.acquire()
-    # Optuna's `finally` turns the interrupt into an UnboundLocalError; the worker must still
-    # see the interrupt (its exit code and "stopped by" message depend on it).
-    with pytest.raises(worker.Interrupted):
-        worker._run_one(study, lambda trial: trial.suggest_float("x", 0, 1), claim)
-
-    stopped, queued = study.trials
-    assert stopped.state == TrialState.FAIL
-    assert stopped.user_attrs["fail_reason"] == "interrupted (SIGINT)"
-    assert queued.state == TrialState.WAITING and queued.params == stopped.params
-    # Nothing else is mistaken for an interrupt: another error comes out as it is.
-    monkeypatch.setattr(optuna.study._optimize, "_tell_with_warning", _broken_tell)
-    claim.acquire()
-    with pytest.raises(BaseException) as raised:
-        worker._run_one(study, lambda trial: trial.suggest_float("x", 0, 1), claim)
-    assert not isinstance(raised.value, KeyboardInterrupt)
-
-
-def _broken_tell(**kwargs):
-    raise OSError("disk full")
+    with pytest.raises(worker.Interrupted) as stopped:
+        _work(study, url, objective)
+    assert stopped.value.signum == signal.SIGTERM
+    failed, queued = study.trials
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["fail_reason"] == "interrupted (SIGTERM)"
+    assert queued.state == TrialState.WAITING and queued.params == failed.params
