@@ -31,13 +31,13 @@ import autoclf
 from autoclf import atomic
 from autoclf.config import FinalizeConfig, Refit, Select, TrainParams, Vote
 from autoclf.data.cache import build_cache
-from autoclf.ensemble import rank_key, select_greedy, select_top_k, vote
+from autoclf.ensemble import Selection, rank_key, select_greedy, select_top_k, vote
 from autoclf.errors import AutoclfError
 from autoclf.features import FeatureStore, feature_views
 from autoclf.inference import VIEWS, Preprocess, View, predict_views, views_for
 from autoclf.metrics import Metric, get_metric
 from autoclf.models import load_trained
-from autoclf.predict import PredictResult, load_images, predict, write_predictions
+from autoclf.predict import Images, PredictResult, load_images, predict, write_predictions
 from autoclf.search import record, weights
 from autoclf.search.objective import fit_fold, trial_dir_of, trial_seed
 from autoclf.search.record import best_first
@@ -75,14 +75,13 @@ class FinalResult:
 
 
 def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> FinalResult:
+    """The steps of this module's docstring, each a function below."""
     _check_options(config)
     files = open_study_dir(config.studies_dir, config.study)
     study = load_study(files, config.storage)
     metric = get_metric(files.config.metric)
     device = resolve_device(config.device)
-    labels = files.index.label_array
     final_dir = files.dir / "final"
-
     test_images = None
     if config.test is not None:
         # Index and decode the test images before any training: a wrong path or a broken
@@ -95,12 +94,50 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
             studies_dir=config.studies_dir,
             skip_bad=config.skip_bad_images,
         )
+    chosen, selection = _pick_members(study, files, config, metric, on_step)
+    cache = build_cache(
+        files.index.paths, size=files.space.max_image_size, cache_dir=files.dir / "cache"
+    )
+    features = FeatureStore(files.dir / "features", cache.images, cache.path.name, device)
+    scored = [
+        _member_oof(trial, weight, files, cache.images, features, device, config, metric, on_step)
+        for trial, weight in zip(chosen, selection.weights, strict=True)
+    ]
+    voted = _vote(scored, files.index.label_array, metric, config)
+    for member in voted.members:
+        member.refit_epochs = _refit(member, files, cache.images, features, device, config, on_step)
+    result = FinalResult(
+        final_dir=final_dir,
+        metric=metric.name,
+        members=voted.members,
+        ensemble=voted.ensemble,
+        vote=voted.kind,
+        oof_score=metric(files.index.label_array, voted.probs),
+        best_single=max(
+            (m.oof_tta for m in voted.members),
+            key=lambda s: s if metric.direction == "maximize" else -s,
+        ),
+        selection_history=list(selection.history),
+        notes=voted.notes,
+    )
+    _save(result, voted.probs, files, config, test_images, device, on_step)
+    return result
+
+
+def _pick_members(
+    study: optuna.Study,
+    files: StudyFiles,
+    config: FinalizeConfig,
+    metric: Metric,
+    on_step: StepFn,
+) -> tuple[list[optuna.trial.FrozenTrial], Selection]:
+    """1. members: trials picked on their stored OOF probabilities."""
     trials = _complete_trials(study, files)
-    kept = {t.number for t in trials}
+    here = {t.number for t in trials}
     elsewhere = [
         t.number
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.number not in kept
+        if t.number not in here
     ]
     if elsewhere:  # run by workers on another machine, with their own studies folder
         on_step(
@@ -108,6 +145,7 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
             "(searched on another machine?) and are left out; copy their trials/<number>/ "
             "folders here to include them"
         )
+    labels = files.index.label_array
     candidates = [np.load(files.dir / t.user_attrs[record.OOF_PATH]) for t in trials]
     if config.select == "greedy":
         selection = select_greedy(candidates, labels, metric=metric, max_members=config.top_k)
@@ -118,41 +156,72 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
         f"members: trials {[t.number for t in chosen]} "
         f"(from {len(trials)} complete trials, {config.select} selection)"
     )
+    return chosen, selection
 
-    cache = build_cache(
-        files.index.paths, size=files.space.max_image_size, cache_dir=files.dir / "cache"
-    )
-    features = FeatureStore(files.dir / "features", cache.images, cache.path.name, device)
+
+@dataclass
+class _ScoredMember:
+    report: MemberReport
+    plain: np.ndarray  # OOF probabilities under the identity view
+    tta: np.ndarray  # OOF probabilities averaged over the views it keeps
+
+
+def _member_oof(
+    trial: optuna.trial.FrozenTrial,
+    weight: float,
+    files: StudyFiles,
+    images: np.ndarray,
+    features: FeatureStore,
+    device: torch.device,
+    config: FinalizeConfig,
+    metric: Metric,
+    on_step: StepFn,
+) -> _ScoredMember:
+    """2. folds and 3. TTA: a member's OOF probabilities from its K fold models under every
+    view, and the views it keeps."""
+    labels = files.index.label_array
+    params = TrainParams.from_dict(trial.user_attrs[record.CONFIG])
     n_views = len(VIEWS) if config.tta == "auto" else 1 if config.tta == "off" else int(config.tta)
-    members: list[MemberReport] = []
-    plain, tta = [], []
-    for trial, weight in zip(chosen, selection.weights, strict=True):
-        params = TrainParams.from_dict(trial.user_attrs[record.CONFIG])
-        views = views_for(params.hflip)[:n_views]
-        if params.kind == "head":  # a head trained on these views' features and no others
-            views = tuple(v for v in views if v in feature_views(params.hflip))
-        oof_views = _fold_oof(
-            trial.number, params, files, cache.images, features, views, device, config, on_step
-        )
-        kept = _choose_views(config.tta, oof_views, labels, metric)
-        plain.append(oof_views[0])
-        tta.append(oof_views[:kept].mean(axis=0))
-        members.append(
-            MemberReport(
-                trial=trial.number,
-                weight=weight,
-                params=params.to_dict(),
-                cv_value=float(trial.value),
-                oof=metric(labels, oof_views[0]),
-                oof_tta=metric(labels, tta[-1]),
-                views=[v.name for v in views[:kept]],
-            )
-        )
+    views = views_for(params.hflip)[:n_views]
+    if params.kind == "head":  # a head trained on these views' features and no others
+        views = tuple(v for v in views if v in feature_views(params.hflip))
+    oof_views = _fold_oof(
+        trial.number, params, files, images, features, views, device, config, on_step
+    )
+    n_kept = _choose_views(config.tta, oof_views, labels, metric)
+    tta = oof_views[:n_kept].mean(axis=0)
+    report = MemberReport(
+        trial=trial.number,
+        weight=weight,
+        params=params.to_dict(),
+        cv_value=float(trial.value),
+        oof=metric(labels, oof_views[0]),
+        oof_tta=metric(labels, tta),
+        views=[v.name for v in views[:n_kept]],
+    )
+    return _ScoredMember(report, oof_views[0], tta)
 
-    weights = [m.weight for m in members]
+
+@dataclass
+class _Voted:
+    members: list[MemberReport]
+    ensemble: dict[str, dict[str, float]]  # {"soft"|"hard": {"plain": s, "tta": s}}
+    kind: str  # soft or hard
+    probs: np.ndarray  # the final model's OOF probabilities
+    notes: list[str]
+
+
+def _vote(
+    scored: list[_ScoredMember], labels: np.ndarray, metric: Metric, config: FinalizeConfig
+) -> _Voted:
+    """4. vote: soft or hard, with or without the members' views, whichever scores better on
+    OOF (or as asked); a single member that beats the ensemble is the final model."""
+    members = [s.report for s in scored]
+    plain, tta = [s.plain for s in scored], [s.tta for s in scored]
+    member_weights = [m.weight for m in members]
     # The four ensembles, voted once: reported in the summary and chosen among below.
     voted = {
-        (kind, use): vote(kind, tta if use else plain, weights)
+        (kind, use): vote(kind, tta if use else plain, member_weights)
         for kind in ("soft", "hard")
         for use in (False, True)
     }
@@ -164,56 +233,53 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
         for kind in ("soft", "hard")
     }
     notes: list[str] = []
-    vote_kind, use_tta = _choose_vote_and_tta(config, voted, labels, metric)
+    kind, use_tta = _choose_vote_and_tta(config, voted, labels, metric)
     if not use_tta and any(len(m.views) > 1 for m in members):
         # Views that help members one by one can still hurt their vote: the ensemble decides.
         notes.append("TTA helped single members but not the ensemble; the ensemble runs without it")
         for member in members:
             member.views, member.oof_tta = ["identity"], member.oof
         tta = plain
-    final_probs = voted[vote_kind, use_tta]
+    probs = voted[kind, use_tta]
     best = max(range(len(members)), key=lambda i: rank_key(metric, labels, tta[i]))
-    if rank_key(metric, labels, tta[best]) > rank_key(metric, labels, final_probs):
+    if rank_key(metric, labels, tta[best]) > rank_key(metric, labels, probs):
         # The ensemble must earn its cost: a single member that beats it on OOF is the answer.
         notes.append(
             f"trial {members[best].trial} alone beat the ensemble on OOF; it is the final model"
         )
-        members, tta, weights = [members[best]], [tta[best]], [1.0]
+        members = [members[best]]
         members[0].weight = 1.0
-        vote_kind = "soft"  # one member's own probabilities, not one-hot vote shares
-        final_probs = tta[0]
+        kind = "soft"  # one member's own probabilities, not one-hot vote shares
+        probs = tta[best]
+    return _Voted(members, ensemble, kind, probs, notes)
 
-    for member in members:
-        member.refit_epochs = _refit(member, files, cache.images, features, device, config, on_step)
 
-    manifest = _manifest(files, members, vote_kind, config)
+def _save(
+    result: FinalResult,
+    probs: np.ndarray,
+    files: StudyFiles,
+    config: FinalizeConfig,
+    test_images: Images | None,
+    device: torch.device,
+    on_step: StepFn,
+) -> None:
+    """6. save: the manifest (all ``predict`` needs), the final model's OOF probabilities, the
+    test set's predictions, and the summary, which is written last."""
+    final_dir = result.final_dir
+    manifest = _manifest(files, result.members, result.vote, config)
     atomic.write_json(final_dir / "manifest.json", manifest)
     # The final model's out-of-fold probabilities: the report's confusion matrix and mistakes.
-    atomic.save_npy(final_dir / "oof.npy", final_probs.astype(np.float32))
-    result = FinalResult(
-        final_dir=final_dir,
-        metric=metric.name,
-        members=members,
-        ensemble=ensemble,
-        vote=vote_kind,
-        oof_score=metric(labels, final_probs),
-        best_single=max(
-            (m.oof_tta for m in members), key=lambda s: s if metric.direction == "maximize" else -s
-        ),
-        selection_history=list(selection.history),
-        notes=notes,
-    )
+    atomic.save_npy(final_dir / "oof.npy", probs.astype(np.float32))
     if config.test is not None:
         on_step(f"predicting {config.test}")
         result.test = predict(final_dir, config.test, device=device, images=test_images)
         write_predictions(result.test, final_dir / "predictions.csv")
     elif (final_dir / "predictions.csv").is_file():  # kept: it is someone's result
-        notes.append(
+        result.notes.append(
             f"{final_dir / 'predictions.csv'} is from an earlier finalize, not from this "
             "ensemble; `autoclf predict` or `finalize --test` writes new ones"
         )
     atomic.write_json(final_dir / "summary.json", _summary(result, config))
-    return result
 
 
 def _check_options(config: FinalizeConfig) -> None:
@@ -350,13 +416,13 @@ def _refit(
     if config.refit == "folds":
         return None
     member_dir = files.dir / "final" / "members" / str(member.trial)
-    records = [
+    folds = [
         json.loads(weights.fold_weights(member_dir, k).with_suffix(".json").read_text())
         for k in range(files.n_folds)
     ]
-    # "best_epoch": the key's name in records written before 2026-11-28 (a resumed finalize).
-    kept = [record.get("kept_epoch", record.get("best_epoch")) for record in records]
-    epochs = max(1, round(float(np.mean(kept))))
+    # "best_epoch": the key's name in fold records of older autoclf versions (a resumed finalize).
+    kept_epochs = [fold.get("kept_epoch", fold.get("best_epoch")) for fold in folds]
+    epochs = max(1, round(float(np.mean(kept_epochs))))
     weights_path = member_dir / "full.pt"
     if weights.is_finished(weights_path):
         return epochs

@@ -168,38 +168,115 @@ def prepare(
     on_cache_progress: Callable[[int, int], None] | None = None,
 ) -> PreparedSearch:
     """Everything a search needs before its first trial; ``inputs`` are :func:`check_inputs`'s
-    for this ``config``, if it was already called."""
+    for this ``config``, if it was already called.
+
+    A study is bound to its settings once its index (the folds) is written: a resume checks
+    that nothing changed since; a new study decodes its data and makes its folds. A first run
+    that stopped on bad input before that point binds nothing."""
     inputs = inputs or check_inputs(config)
-    space, index = inputs.space, inputs.index
     device = resolve_device(config.device)
     study_dir = study_dir_for(config)
     study_dir.mkdir(parents=True, exist_ok=True)
-    index_path = study_dir / "index.csv"
-    # A study is bound to its settings once its index (the folds) is written; a first run that
-    # stopped on bad input before that point binds nothing.
-    if index_path.is_file():
-        config = _resolve_from_saved(config, study_dir)
-        _check_same_config(config, study_dir)
-        _check_same_space(space, study_dir, allow_change=allow_space_change)
-    excluded_path = study_dir / "excluded.csv"
-    excluded = _read_excluded(excluded_path) if index_path.is_file() else {}
-    index = index.without(excluded)  # images this study left out when it was created
-    if index_path.is_file():
-        folds = _saved_folds(config, index, index_path)
-    notes = ensure_pretrained(space.backbones) if space.may_use_pretrained else []
+    bound = (study_dir / "index.csv").is_file()
+    if bound:
+        data = _resume(config, inputs, study_dir, allow_space_change, on_cache_progress)
+    else:
+        data = _create(config, inputs, study_dir, on_cache_progress)
+    config, space = data.config, inputs.space
+    metric = get_metric(config.metric)
+    storage_url = config.storage or default_storage_url(study_dir)
+    study, resumed = _open_study(config, space, metric, storage_url)
+    _check_or_write_study_attrs(study, config, space, data.index)
+
+    # Everything is checked: record the set-up that every later run of this study must match.
+    if not bound:
+        if data.excluded:
+            _write_excluded(study_dir / "excluded.csv", data.excluded)
+        if data.duplicates.groups:
+            _write_duplicates(study_dir / "duplicates.csv", data.duplicates, data.index)
+        save_index(data.index, data.folds, study_dir / "index.csv")
+    # The storage URL is kept for status, report and finalize; with a password in it, the
+    # file is readable by its owner alone, as ~/.pgpass must be.
+    has_password = mask_url(storage_url) != storage_url
+    atomic.write_json(study_dir / "config.json", config.to_dict(), private=has_password)
+    atomic.write_text(study_dir / "space.yaml", space.source)
+    return PreparedSearch(
+        config=config,
+        space=space,
+        metric=metric,
+        index=data.index,
+        folds=data.folds,
+        cache=data.cache,
+        study=study,
+        study_dir=study_dir,
+        storage_url=storage_url,
+        resumed=resumed,
+        device=device,
+        excluded=data.excluded,
+        duplicates=data.duplicates,
+        notes=data.notes,
+    )
+
+
+@dataclass
+class _StudyData:
+    config: SearchConfig  # its metric resolved
+    index: DataIndex  # less the images left out
+    folds: np.ndarray
+    cache: ImageCache
+    excluded: dict[str, str]  # images left out when the study was created: path → reason
+    duplicates: Duplicates | None  # found when the study is created; None on a resume
+    notes: list[str]  # e.g. pretrained weights imported
+
+
+def _resume(
+    config: SearchConfig,
+    inputs: Inputs,
+    study_dir: Path,
+    allow_space_change: bool,
+    on_cache_progress: Callable[[int, int], None] | None,
+) -> _StudyData:
+    """A bound study goes on as it was created: same settings, space, data and folds."""
+    config = _resolve_from_saved(config, study_dir)
+    _check_same_config(config, study_dir)
+    _check_same_space(inputs.space, study_dir, allow_change=allow_space_change)
+    excluded = _read_excluded(study_dir / "excluded.csv")
+    index = inputs.index.without(excluded)  # images this study left out when it was created
+    folds = _saved_folds(config, index, study_dir / "index.csv")
+    notes = _ensure_pretrained(inputs.space)
     cache = build_cache(
         index.paths,
-        size=space.max_image_size,
+        size=inputs.space.max_image_size,
         cache_dir=study_dir / "cache",
         on_progress=on_cache_progress,
         skip_bad=config.skip_bad_images,
     )
-    if cache.skipped and index_path.is_file():
+    if cache.skipped:
         raise StudyMismatchError(
             f"{len(cache.skipped)} image(s) of study {config.study!r} no longer decode "
             f"(first: {next(iter(cache.skipped.values()))}); restore them, or start over: "
             f"{start_over(config)}"
         )
+    return _StudyData(config, index, folds, cache, excluded, None, notes)
+
+
+def _create(
+    config: SearchConfig,
+    inputs: Inputs,
+    study_dir: Path,
+    on_cache_progress: Callable[[int, int], None] | None,
+) -> _StudyData:
+    """A new study: decode its images (leaving out the bad ones with --skip-bad-images), find
+    its duplicates, make its folds, and pick its metric."""
+    index, excluded = inputs.index, {}
+    notes = _ensure_pretrained(inputs.space)
+    cache = build_cache(
+        index.paths,
+        size=inputs.space.max_image_size,
+        cache_dir=study_dir / "cache",
+        on_progress=on_cache_progress,
+        skip_bad=config.skip_bad_images,
+    )
     if cache.skipped:
         index, excluded = index.without(cache.skipped), cache.skipped
         emptied = [name for name, n in index.class_counts().items() if n == 0]
@@ -209,24 +286,30 @@ def prepare(
                 f"{len(excluded)} image(s), e.g. {next(iter(excluded.values()))}; fix them, "
                 "or take the class out of DATA"
             )
-    duplicates = None
-    if not index_path.is_file():
-        duplicates = find_duplicates(perceptual_hashes(cache.images))
-        groups = index.groups
-        if config.duplicates == "group":  # near-identical images never straddle a split
-            groups = fold_groups(len(index), index.groups, duplicates)
-        folds = assign_folds(
-            index.label_array,
-            n_splits=config.folds,
-            seed=config.seed,
-            groups=groups,
-            classes=index.classes,
-        )
-    if config.metric == AUTO:  # a new study: decided by its data, then saved with it
+    duplicates = find_duplicates(perceptual_hashes(cache.images))
+    groups = index.groups
+    if config.duplicates == "group":  # near-identical images never straddle a split
+        groups = fold_groups(len(index), index.groups, duplicates)
+    folds = assign_folds(
+        index.label_array,
+        n_splits=config.folds,
+        seed=config.seed,
+        groups=groups,
+        classes=index.classes,
+    )
+    if config.metric == AUTO:  # decided by the data, then saved with the study
         config = replace(config, metric=choose_metric(index.class_counts().values()))
-    metric = get_metric(config.metric)
+    return _StudyData(config, index, folds, cache, excluded, duplicates, notes)
 
-    storage_url = config.storage or default_storage_url(study_dir)
+
+def _ensure_pretrained(space: SearchSpace) -> list[str]:
+    return ensure_pretrained(space.backbones) if space.may_use_pretrained else []
+
+
+def _open_study(
+    config: SearchConfig, space: SearchSpace, metric: Metric, storage_url: str
+) -> tuple[optuna.Study, bool]:
+    """The study in its storage, created if new; and whether it existed."""
     try:
         storage = open_storage(storage_url, heartbeat=config.heartbeat)
     except Exception as exc:  # SQLAlchemy/driver errors carry the URL; never show its password
@@ -246,36 +329,7 @@ def prepare(
         # A fresh sampler seeded as before would draw the first trials' "random" parameters
         # again; salted with the trials so far, a resumed run goes on to new ones.
         study.sampler = space.make_sampler(sampler_seed(config.seed, len(study.trials)))
-    _check_or_write_study_attrs(study, config, space, index)
-
-    # Everything is checked: record the set-up that every later run of this study must match.
-    if not index_path.is_file():
-        if excluded:
-            _write_excluded(excluded_path, excluded)
-        if duplicates.groups:
-            _write_duplicates(study_dir / "duplicates.csv", duplicates, index)
-        save_index(index, folds, index_path)
-    # The storage URL is kept for status, report and finalize; with a password in it, the
-    # file is readable by its owner alone, as ~/.pgpass must be.
-    has_password = mask_url(storage_url) != storage_url
-    atomic.write_json(study_dir / "config.json", config.to_dict(), private=has_password)
-    atomic.write_text(study_dir / "space.yaml", space.source)
-    return PreparedSearch(
-        config=config,
-        space=space,
-        metric=metric,
-        index=index,
-        folds=folds,
-        cache=cache,
-        study=study,
-        study_dir=study_dir,
-        storage_url=storage_url,
-        resumed=resumed,
-        device=device,
-        excluded=excluded,
-        duplicates=duplicates,
-        notes=notes,
-    )
+    return study, resumed
 
 
 def run(prepared: PreparedSearch, *, on_event: EventFn = ignore) -> optuna.Study:
