@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -10,6 +13,15 @@ from PIL import Image
 
 # Tests never reach the network: timm's pretrained downloads must fail fast, not retry.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def autoclf(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """This venv's ``autoclf`` command, run in ``cwd`` with ``env`` added; output captured."""
+    exe = shutil.which("autoclf", path=str(Path(sys.executable).parent)) or "autoclf"
+    env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [exe, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 def save_image(
@@ -50,7 +62,7 @@ def photo(seed: int, size: tuple[int, int] = (128, 96)) -> np.ndarray:
 def image_folder(tmp_path: Path) -> Path:
     """ImageFolder layout: 3 classes (cat 6, dog 5, emu 4 images)."""
     root = tmp_path / "images"
-    for name, n in (("cat", 6), ("dog", 5), ("emu", 4)):
-        for i in range(n):
-            save_image(root / name / f"{i}.png", seed=hash((name, i)) % 1000)
+    for c, (name, n) in enumerate((("cat", 6), ("dog", 5), ("emu", 4))):
+        for i in range(n):  # seeded by position: the same pictures in every process
+            save_image(root / name / f"{i}.png", seed=100 * c + i)
     return root

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
+from tests.conftest import autoclf
 from tests.messy import PHOTOS, messy_folder
-from tests.test_cli_search import autoclf
 
 
 def test_inspect_summarises_in_the_terminal_and_writes_an_offline_page(tmp_path):

@@ -247,6 +247,7 @@ def test_two_workers_compute_the_features_once(store, photos, tmp_path):
     assert len(list((tmp_path / "features").glob("*.npy"))) == 1
 
 
+@pytest.mark.slow
 def test_a_killed_feature_build_leaves_nothing_a_resume_would_use(store, photos, tmp_path):
     _, images, _ = photos
     many = np.concatenate([images] * 40)  # 960 images at 224 px: long enough to be killed
@@ -325,10 +326,11 @@ pruner: {name: none}
 """
 
 
+@pytest.mark.slow
 def test_a_head_only_member_reloads_in_a_fresh_process_and_predicts_as_finalize_did(
     store, photos, tmp_path
 ):
-    from tests.test_cli_search import autoclf
+    from tests.conftest import autoclf
 
     data, _, _ = photos
     (tmp_path / "space.yaml").write_text(HEAD_SPACE)
@@ -379,8 +381,9 @@ pruner: {name: none}
 """
 
 
+@pytest.mark.slow
 def test_a_mixed_search_runs_both_kinds_on_one_set_of_features(store, photos, tmp_path):
-    from tests.test_cli_search import autoclf
+    from tests.conftest import autoclf
 
     data, _, _ = photos
     (tmp_path / "space.yaml").write_text(MIXED_SPACE)

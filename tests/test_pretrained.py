@@ -182,11 +182,12 @@ pruner: {name: none}
 """
 
 
+@pytest.mark.slow
 def test_a_pretrained_search_trains_and_finalize_and_predict_reload_it(store, tmp_path):
     """Offline, end to end: the search imports lite0's weights from its package into the
     store and says so, the pretrained model learns (its training loss falls), and finalize
     and predict (each a fresh process) load the models it made."""
-    from tests.test_cli_search import autoclf
+    from tests.conftest import autoclf
 
     data = tmp_path / "photos"
     for path, label in hymenoptera_val(per_class=12):
@@ -218,8 +219,9 @@ def test_a_pretrained_search_trains_and_finalize_and_predict_reload_it(store, tm
     assert (tmp_path / "again.csv").read_text() == (final / "predictions.csv").read_text()
 
 
+@pytest.mark.slow
 def test_weights_command_lists_imports_and_refuses(store, tmp_path, lite0_checkpoint):
-    from tests.test_cli_search import autoclf
+    from tests.conftest import autoclf
 
     def listed(space: str) -> dict[str, str]:
         out = autoclf("weights", "list", "--space", space, cwd=tmp_path)

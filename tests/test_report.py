@@ -14,7 +14,7 @@ from autoclf.config import FinalizeConfig, SearchConfig
 from autoclf.finalize import finalize
 from autoclf.search.runner import prepare, run
 from tests.browser import render, screenshot
-from tests.test_cli_search import autoclf
+from tests.conftest import autoclf
 
 SPACE = """
 params:

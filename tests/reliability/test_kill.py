@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 from optuna.trial import TrialState
 
 from tests.reliability.helpers import (
@@ -18,6 +19,8 @@ from tests.reliability.helpers import (
     wait_for,
     worker_pid,
 )
+
+pytestmark = pytest.mark.slow  # starts autoclf processes; `-m "not slow"` skips it
 
 
 def assert_settled(url: str, target: int) -> list:

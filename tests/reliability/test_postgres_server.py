@@ -5,7 +5,10 @@ import sys
 import uuid
 
 import optuna
+import pytest
 from optuna.trial import TrialState
+
+pytestmark = pytest.mark.slow  # starts a PostgreSQL server; `-m "not slow"` skips it
 
 # A second process loads the study and runs two trials (the first one enqueued).
 CHILD = """

@@ -9,9 +9,12 @@ import subprocess
 import sys
 from subprocess import PIPE
 
+import pytest
 from optuna.trial import TrialState
 
 from tests.reliability.helpers import FINISHED, STUDY, search_command, storage_url, trials
+
+pytestmark = pytest.mark.slow  # starts autoclf processes; `-m "not slow"` skips it
 
 POLLER = r"""
 import pathlib, sys, time, optuna

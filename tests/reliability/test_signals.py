@@ -25,6 +25,8 @@ from tests.reliability.helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # starts autoclf processes; `-m "not slow"` skips it
+
 # Longer trials than the other reliability tests: the trial caught running must still be
 # running when the signal lands, not finished in between (a 4-epoch trial on a fast CPU was).
 LONGER = SPACE.replace("epochs: 2", "epochs: 6")
@@ -83,6 +85,7 @@ def held(tmp, *args):
 
 cache._decode_into = held
 from autoclf.cli import main
+
 sys.exit(main(sys.argv[2:]))
 """
 

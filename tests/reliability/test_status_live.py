@@ -6,8 +6,11 @@ from __future__ import annotations
 import re
 import signal
 
+import pytest
+
 from autoclf.status import study_status
 from autoclf.study import load_study, open_study_dir
+from tests.conftest import autoclf
 from tests.reliability.helpers import (
     STUDY,
     alive,
@@ -17,7 +20,8 @@ from tests.reliability.helpers import (
     trials,
     wait_for,
 )
-from tests.test_cli_search import autoclf
+
+pytestmark = pytest.mark.slow  # starts autoclf processes; `-m "not slow"` skips it
 
 
 def test_status_of_a_running_search(tmp_path, start):
