@@ -311,12 +311,17 @@ def train_mode(model: torch.nn.Module, params: TrainParams, epoch: int) -> None:
                 module.eval()
 
 
+def default_loader_workers(device_type: str, cores: int) -> int:
+    """DataLoader processes for a process that trains on ``device_type`` with ``cores``."""
+    if device_type != "cuda":
+        return 0  # on a CPU the training itself needs every core; workers would compete
+    return max(1, min(8, cores - 1))
+
+
 def _loader_workers(requested: int | None, device: torch.device) -> int:
     if requested is not None:
         return requested
-    if device.type != "cuda":
-        return 0  # on a CPU the training itself needs every core; workers would compete
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    return default_loader_workers(device.type, os.cpu_count() or 2)
 
 
 def _reseed_worker(worker_id: int) -> None:

@@ -248,7 +248,7 @@ def test_interrupted_finalize_resumes_without_redoing_work(studies, monkeypatch)
     done = sorted(members_dir.rglob("*.pt"))
     assert len(done) == 2
     stamps = {p: p.stat().st_mtime_ns for p in done}
-    for record in members_dir.rglob("fold*.json"):  # as autoclf wrote them before 2026-11-28
+    for record in members_dir.rglob("fold*.json"):  # as older autoclf versions wrote them
         kept = json.loads(record.read_text())["kept_epoch"]
         record.write_text(json.dumps({"best_epoch": kept}))
 

@@ -39,6 +39,7 @@ from autoclf.search.events import (
 from autoclf.search.runner import PreparedSearch, best_or_none
 from autoclf.search.storage import fail_trial, get_trial
 from autoclf.search.worker import EXIT_FAILED, PARENT_PID_ENV, STOP_SIGNALS, sampler_seed
+from autoclf.trainer import default_loader_workers
 
 STOP_GRACE_S = 30  # how long a worker may take to fail its trial and exit after a signal
 MAX_RESTARTS = 3  # per worker slot; a worker that keeps dying is not restarted forever
@@ -258,8 +259,8 @@ class Pool:
     def _send_spec(self, w: _Worker) -> None:
         prepared, config, slot = self.prepared, self.prepared.config, w.slot
         loader_workers = config.loader_workers
-        if loader_workers is None:
-            loader_workers = 0 if slot.device == "cpu" else max(1, min(8, self.threads - 1))
+        if loader_workers is None:  # the worker's share of the cores, not the machine's
+            loader_workers = default_loader_workers(slot.device, self.threads)
         spec = {
             "worker": slot.name,
             "events_fd": w.events_fd,
