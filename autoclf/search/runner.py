@@ -244,13 +244,7 @@ def _resume(
     index = inputs.index.without(excluded)  # images this study left out when it was created
     folds = _saved_folds(config, index, study_dir / "index.csv")
     notes = _ensure_pretrained(inputs.space)
-    cache = build_cache(
-        index.paths,
-        size=inputs.space.max_image_size,
-        cache_dir=study_dir / "cache",
-        on_progress=on_cache_progress,
-        skip_bad=config.skip_bad_images,
-    )
+    cache = _decode(index, config, inputs.space, study_dir, on_cache_progress)
     if cache.skipped:
         raise StudyMismatchError(
             f"{len(cache.skipped)} image(s) of study {config.study!r} no longer decode "
@@ -270,13 +264,7 @@ def _create(
     its duplicates, make its folds, and pick its metric."""
     index, excluded = inputs.index, {}
     notes = _ensure_pretrained(inputs.space)
-    cache = build_cache(
-        index.paths,
-        size=inputs.space.max_image_size,
-        cache_dir=study_dir / "cache",
-        on_progress=on_cache_progress,
-        skip_bad=config.skip_bad_images,
-    )
+    cache = _decode(index, config, inputs.space, study_dir, on_cache_progress)
     if cache.skipped:
         index, excluded = index.without(cache.skipped), cache.skipped
         emptied = [name for name, n in index.class_counts().items() if n == 0]
@@ -300,6 +288,23 @@ def _create(
     if config.metric == AUTO:  # decided by the data, then saved with the study
         config = replace(config, metric=choose_metric(index.class_counts().values()))
     return _StudyData(config, index, folds, cache, excluded, duplicates, notes)
+
+
+def _decode(
+    index: DataIndex,
+    config: SearchConfig,
+    space: SearchSpace,
+    study_dir: Path,
+    on_progress: Callable[[int, int], None] | None,
+) -> ImageCache:
+    """The study's images decoded once into its cache, at the space's largest image size."""
+    return build_cache(
+        index.paths,
+        size=space.max_image_size,
+        cache_dir=study_dir / "cache",
+        on_progress=on_progress,
+        skip_bad=config.skip_bad_images,
+    )
 
 
 def _ensure_pretrained(space: SearchSpace) -> list[str]:
