@@ -98,12 +98,14 @@ def tidy_if_unbound(study_dir: Path) -> Iterator[None]:
     """Around a first run: if it stops before the study is bound (no index.csv), take away what
     it made, so that a typo or bad data leaves no study behind. A first run refused for bad
     input leaves nothing: the fixed data will need a new cache anyway. One that was interrupted
-    keeps a log with something in it and the cache it wrote, for the next try."""
+    keeps a log with something in it and the cache it wrote, for the next try. A folder that
+    was there before the run is never removed: it may be anything the user named."""
     bound = (study_dir / "index.csv").is_file()
+    made = not study_dir.exists()
     try:
         yield
     except AutoclfError:
-        if not bound and not (study_dir / "index.csv").is_file():
+        if made and not (study_dir / "index.csv").is_file():
             shutil.rmtree(study_dir, ignore_errors=True)
         raise
     finally:

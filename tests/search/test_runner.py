@@ -431,3 +431,22 @@ def test_a_resumed_study_stays_in_the_storage_it_was_created_in(config, tmp_path
     assert json.loads((again.study_dir / "config.json").read_text())["storage"] == custom
     with pytest.raises(StudyMismatchError, match=r"stored in sqlite:///.*elsewhere\.db"):
         prepare(dataclasses.replace(config, storage=f"sqlite:///{tmp_path / 'other.db'}"))
+
+
+def test_a_refused_first_run_removes_only_a_folder_it_made(tmp_path):
+    from autoclf.errors import DataError
+    from autoclf.search.runner import tidy_if_unbound
+
+    made = tmp_path / "studies" / "new"
+    with pytest.raises(DataError), tidy_if_unbound(made):
+        (made / "cache").mkdir(parents=True)
+        (made / "cache" / "images.npy").write_bytes(b"decoded")
+        raise DataError("a class is too small")
+    assert not made.exists()
+    # --studies-dir . --study photos: a folder of the user's, never autoclf's to delete.
+    theirs = tmp_path / "photos"
+    (theirs / "ants").mkdir(parents=True)
+    (theirs / "ants" / "1.jpg").write_bytes(b"a photo")
+    with pytest.raises(DataError), tidy_if_unbound(theirs):
+        raise DataError("a class is too small")
+    assert (theirs / "ants" / "1.jpg").read_bytes() == b"a photo"
