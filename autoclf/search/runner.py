@@ -126,16 +126,43 @@ class Inputs:
     index: DataIndex
 
 
+# What autoclf keeps in a study's folder (docs/search.md, "What a study leaves on disk").
+STUDY_FILES = frozenset(
+    {
+        "config.json",
+        "space.yaml",
+        "index.csv",
+        "excluded.csv",
+        "duplicates.csv",
+        "study.db",
+        "study.db-wal",
+        "study.db-shm",
+        "study.claim.lock",
+        "logs",
+        "cache",
+        "features",
+        "trials",
+        "final",
+        "report.html",
+    }
+)
+
+
 def start_over(config: SearchConfig) -> str:
     """The command that deletes a study (its trials, folds, cache and models), to start it
-    again under the same name."""
-    remove = f"rm -r {shlex.quote(str(study_dir_for(config).resolve()))}"
-    if config.storage is None:  # the SQLite file is in the folder
-        return remove
-    return (
-        f"optuna delete-study --storage {mask_url(config.storage)} --study-name {config.study} "
-        f"&& {remove}"
-    )
+    again under the same name; in words instead where its folder holds files of someone else's."""
+    study_dir = study_dir_for(config).resolve()
+    delete = None  # with the default storage, the SQLite file is in the folder
+    if config.storage is not None:
+        delete = (
+            f"optuna delete-study --storage {mask_url(config.storage)} --study-name {config.study}"
+        )
+    others = sorted(p.name for p in study_dir.iterdir() if p.name not in STUDY_FILES)
+    if others:
+        files = f"delete autoclf's files from {study_dir} ({others[0]!r} there is not autoclf's)"
+        return f"{delete}, then {files}" if delete else files
+    remove = f"rm -r {shlex.quote(str(study_dir))}"
+    return f"{delete} && {remove}" if delete else remove
 
 
 def check_inputs(config: SearchConfig) -> Inputs:

@@ -450,3 +450,19 @@ def test_a_refused_first_run_removes_only_a_folder_it_made(tmp_path):
     with pytest.raises(DataError), tidy_if_unbound(theirs):
         raise DataError("a class is too small")
     assert (theirs / "ants" / "1.jpg").read_bytes() == b"a photo"
+
+
+def test_start_over_deletes_the_study_folder_only_when_all_of_it_is_autoclfs(tmp_path):
+    from autoclf.search.runner import start_over
+
+    config = SearchConfig(data="digits", study="s", space="tiny", studies_dir=str(tmp_path))
+    (tmp_path / "s" / "cache").mkdir(parents=True)
+    (tmp_path / "s" / "index.csv").write_text("path,label,group,fold\n")
+    assert start_over(config) == f"rm -r {tmp_path / 's'}"
+    pg = dataclasses.replace(config, storage="postgresql://u:secret@h/db")
+    assert start_over(pg) == (
+        f"optuna delete-study --storage postgresql://u:***@h/db --study-name s "
+        f"&& rm -r {tmp_path / 's'}"
+    )
+    (tmp_path / "s" / "notes.txt").write_text("mine")
+    assert "rm -r" not in start_over(config) and "'notes.txt' there is not" in start_over(config)
