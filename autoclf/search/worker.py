@@ -180,7 +180,10 @@ def _run_one(
         claim.release()  # the trial is RUNNING now, so every other worker counts it
         STOPPING.deferred = False
         try:
-            STOPPING.raise_pending()  # it came while Optuna created the trial
+            if STOPPING.pending is not None:  # it came while Optuna created the trial
+                name = signal.Signals(STOPPING.pending).name
+                trial.set_user_attr(record.FAIL_REASON, f"interrupted ({name})")
+                STOPPING.raise_pending()
             return objective(trial)
         finally:
             STOPPING.deferred = True

@@ -71,3 +71,26 @@ def test_a_signal_in_the_objective_fails_the_trial_and_queues_it_again(tmp_path,
     assert failed.state == TrialState.FAIL
     assert failed.user_attrs["fail_reason"] == "interrupted (SIGTERM)"
     assert queued.state == TrialState.WAITING and queued.params == failed.params
+
+
+class SignalInAsk(optuna.samplers.RandomSampler):
+    """Sends SIGTERM from ``before_trial``, while Optuna creates the trial."""
+
+    def before_trial(self, study, trial):
+        os.kill(os.getpid(), signal.SIGTERM)
+        super().before_trial(study, trial)
+
+
+def test_a_signal_while_optuna_creates_the_trial_fails_it_before_training(tmp_path, stop_signals):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(
+        study_name="w", storage=url, direction="maximize", sampler=SignalInAsk(seed=0)
+    )
+    trained = []
+    with pytest.raises(worker.Interrupted):
+        _work(study, url, lambda trial: trained.append(trial.number) or 1.0)
+    assert trained == []  # stopped before the objective trained anything
+    failed, queued = study.trials
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["fail_reason"] == "interrupted (SIGTERM)"
+    assert queued.state == TrialState.WAITING
