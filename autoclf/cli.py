@@ -50,8 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     console.quiet = args.quiet  # errors go to err_console, which stays
     for out in (console, err_console):
-        # A log file's line is not cut at 80 columns: one message, one line, for grep.
-        out.soft_wrap = not out.is_terminal
+        if not out.is_terminal:
+            # A log file's line is not cut at 80 columns: one message, one line, for grep; and
+            # a table gets the width its columns need (unless $COLUMNS says otherwise).
+            out.soft_wrap = True
+            if "COLUMNS" not in os.environ:
+                out.width = 200
     import optuna
     from PIL import Image
 
