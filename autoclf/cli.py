@@ -123,12 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         title="commands, in the order they are used", metavar="COMMAND"
     )
     quiet = argparse.ArgumentParser(add_help=False)
-    quiet.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        help="print errors only (the study's logs still have everything)",
-    )
+    _add_quiet(quiet)
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument(
         "--weights-dir",
@@ -190,14 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = command(
         "search",
-        parents=[quiet, store],
+        parents=[store],
         example="autoclf search PHOTOS --study mine --timeout 1500",
         help="run (or resume) a hyperparameter search with K-fold CV",
         description="Run, or resume, an Optuna study of image-classification trials. "
         "Re-running the same command resumes: --trials counts finished trials in total.",
     )
     _add_data(search)
-    search.add_argument(
+    loudness = search.add_mutually_exclusive_group()
+    _add_quiet(loudness)
+    loudness.add_argument(
         "-v", "--verbose", action="store_true", help="also print every epoch of every trial"
     )
     search.add_argument(
@@ -493,6 +490,15 @@ class _Formatter(argparse.HelpFormatter):
             else:
                 lines.append(super()._fill_text(line, width, indent))
         return "\n".join(lines)
+
+
+def _add_quiet(to: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup) -> None:
+    to.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print errors only (the study's logs still have everything)",
+    )
 
 
 def _add_data(command: argparse.ArgumentParser) -> None:
@@ -1280,8 +1286,7 @@ def leaderboard(study: optuna.Study, metric: str, top: int = 10) -> Table | Text
 
 
 def _fmt_params(params: dict) -> str:
-    # In a space with trial kinds, a section's parameters are named for it ("finetune.lr").
-    named = {k.split(".")[-1]: v for k, v in params.items()}
+    named = record.by_setting(params)
     keys = ("kind", *record.KEY_SETTINGS)
     return " ".join(f"{k}={_fmt_value(named[k])}" for k in keys if k in named)
 

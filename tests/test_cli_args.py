@@ -112,3 +112,12 @@ def test_the_cli_imports_no_heavy_module_until_a_command_runs():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_quiet_and_verbose_exclude_each_other(capsys):
+    from autoclf.cli import build_parser
+
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["search", "digits", "--study", "s", "-q", "-v"])
+    assert stopped.value.code == 2
+    assert "-v/--verbose: not allowed with argument -q/--quiet" in capsys.readouterr().err

@@ -79,8 +79,13 @@ class TrialRecord:
         parameters (a section's "finetune.lr" answers "lr")."""
         if key in self.config:
             return self.config[key]
-        named = {k.split(".")[-1]: v for k, v in self.params.items()}
-        return named.get(key)
+        return by_setting(self.params).get(key)
+
+
+def by_setting(params: dict[str, Any]) -> dict[str, Any]:
+    """Sampled parameters by the setting they set: in a space with trial kinds, a section's
+    parameter is named for it ("finetune.lr" sets "lr")."""
+    return {name.split(".")[-1]: value for name, value in params.items()}
 
 
 def ranking(value: float, number: int, maximize: bool) -> tuple[float, int]:
@@ -103,7 +108,7 @@ class Leaderboard:
 
 def leaderboard(trials: list[FrozenTrial], *, maximize: bool, top: int = 10) -> Leaderboard:
     """The best ``top`` complete trials of a study, and the settings to show beside them."""
-    records = [TrialRecord.of(t) for t in trials]
-    mixed = any(r.kind == "head" for r in records)  # then each row says which kind it is
+    records = {t.number: TrialRecord.of(t) for t in trials}
+    mixed = any(r.kind == "head" for r in records.values())  # then each row says its kind
     settings = (*KEY_SETTINGS, "kind") if mixed else KEY_SETTINGS
-    return Leaderboard(settings, [TrialRecord.of(t) for t in best_first(trials, maximize)[:top]])
+    return Leaderboard(settings, [records[t.number] for t in best_first(trials, maximize)[:top]])
