@@ -1,4 +1,5 @@
-"""Predict with a saved ensemble: everything needed is in ``final/manifest.json``."""
+"""Predict a folder or CSV of images with a saved ensemble (``autoclf predict``): index, decode
+into a cache, then :class:`autoclf.predictor.Predictor`, the one inference path."""
 
 from __future__ import annotations
 
@@ -14,14 +15,11 @@ import torch
 from sklearn.metrics import confusion_matrix
 
 from autoclf import atomic
-from autoclf.config import TrainParams
 from autoclf.data.cache import ImageCache, build_cache
 from autoclf.data.index import build_prediction_index
-from autoclf.ensemble import vote
 from autoclf.errors import AutoclfError, DataError
-from autoclf.inference import VIEWS_BY_NAME, Preprocess, predict_views
 from autoclf.metrics import METRICS
-from autoclf.models import load_trained
+from autoclf.predictor import Predictor
 
 
 @dataclass
@@ -105,23 +103,10 @@ def predict(
             studies_dir=studies_dir,
             skip_bad=skip_bad,
         )
-    paths, labels, cache = images.paths, images.labels, images.cache
-    member_probs = []
-    for member in manifest["members"]:
-        params = TrainParams.from_dict(member["params"])
-        views = [VIEWS_BY_NAME[name] for name in member["views"]]
-        preprocess = Preprocess(params.backbone, size=params.image_size, device=device)
-        total = np.zeros((len(paths), len(classes)), dtype=np.float64)
-        for weights in member["weights"]:  # one full model, or the K fold models
-            model = load_trained(
-                params, final_dir / weights, num_classes=len(classes), device=device
-            )
-            total += predict_views(model, cache.images, preprocess=preprocess, views=views).mean(
-                axis=0
-            )
-            del model  # one member's model in memory at a time
-        member_probs.append((total / len(member["weights"])).astype(np.float32))
-    probs = vote(manifest["vote"], member_probs, [m["weight"] for m in manifest["members"]])
+    paths, labels = images.paths, images.labels
+    # One model in memory at a time: the whole ensemble may not fit at once.
+    predictor = Predictor(final_dir, device=device, keep_models=False)
+    probs = predictor.predict_pixels(images.cache.images)
     result = PredictResult(paths, classes, probs, labels, skipped=images.skipped)
     if labels is not None:
         result.metrics = {name: metric(labels, probs) for name, metric in METRICS.items()}

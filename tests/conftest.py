@@ -66,3 +66,22 @@ def image_folder(tmp_path: Path) -> Path:
         for i in range(n):  # seeded by position: the same pictures in every process
             save_image(root / name / f"{i}.png", seed=100 * c + i)
     return root
+
+
+@pytest.fixture(scope="session")
+def finalized(tmp_path_factory) -> Path:
+    """The studies folder of a finalized digits study ``s``: 2 tiny members searched on 2
+    folds, kept as their fold models, soft vote, 3 TTA views. Shared by the tests that only
+    read it: copy it to change it."""
+    from tests.studies import SPACE, finalize_study, search_digits
+
+    root = tmp_path_factory.mktemp("finalized")
+    trials = [
+        {"backbone": "test_efficientnet", "lr": 0.01},
+        {"backbone": "test_resnet", "lr": 0.01},
+    ]
+    search_digits(root, SPACE, trials)
+    finalize_study(
+        root / "studies", top_k=2, select="topk", vote="soft", tta="3", refit="folds", device="cpu"
+    )
+    return root / "studies"

@@ -12,40 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoclf.config import FinalizeConfig, SearchConfig
+from autoclf.config import FinalizeConfig
 from autoclf.finalize import finalize
 from autoclf.inference import views_for
 from autoclf.metrics import get_metric
-from autoclf.search.runner import prepare, run
+from tests.studies import SPACE
+from tests.studies import search_digits as _search
 
-SPACE = """
-params:
-  backbone: {type: categorical, choices: [test_efficientnet, test_resnet]}
-  lr: {type: categorical, choices: [0.01, 0.005]}
-  batch_size: 64
-  epochs: 2
-  image_size: 16
-  aug_strength: 0.1
-pruner: {name: none}
-"""
 ACC = get_metric("accuracy")
-
-
-def _search(root: Path, space: str, trials: list[dict]):
-    """A finished 2-fold digits search under ``root/studies``, running exactly ``trials``."""
-    (root / "space.yaml").write_text(space)
-    config = SearchConfig(
-        data="digits",
-        study="s",
-        space=str(root / "space.yaml"),
-        folds=2,
-        trials=len(trials),
-        studies_dir=str(root / "studies"),
-    )
-    prepared = prepare(config)
-    for params in trials:
-        prepared.study.enqueue_trial(params)
-    return run(prepared)
 
 
 @pytest.fixture(scope="module")

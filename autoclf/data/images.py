@@ -36,10 +36,14 @@ def load_rgb(path: str | Path, *, min_side: int | None = None) -> np.ndarray:
                 side = max(2 * min_side, DRAFT_FLOOR)
                 im.draft("RGB", (side, side))  # a no-op but for JPEG
             im.load()
-            im = ImageOps.exif_transpose(im)
-            return _to_rgb_array(im)
+            return pil_to_rgb(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot decode image {path}: {exc}") from exc
+
+
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """A decoded PIL image as an upright (EXIF) HxWx3 uint8 RGB array."""
+    return _to_rgb_array(ImageOps.exif_transpose(im))
 
 
 def _to_rgb_array(im: Image.Image) -> np.ndarray:
