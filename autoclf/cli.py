@@ -435,6 +435,23 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default=None, metavar="PATH", help="default studies/NAME/report.html")
     rep.set_defaults(run=cmd_report)
 
+    lab = command(
+        "labels",
+        parents=[quiet, study],
+        example="autoclf labels --study mine",
+        help="list the training images whose labels look wrong (after finalize)",
+        description="Find likely label errors in the training data with confident learning "
+        "(cleanlab) on the final model's out-of-fold probabilities: images whose given label "
+        "the model, never having trained on them, finds unlikely. Writes "
+        "studies/NAME/final/label_issues.csv (path, given, suggested, score: the out-of-fold "
+        "probability of the given label), most likely errors first; `autoclf report` then "
+        "shows them. The data is never changed.",
+    )
+    lab.add_argument(
+        "--show", type=_non_negative_int, default=10, metavar="N", help="rows to print (default 10)"
+    )
+    lab.set_defaults(run=cmd_labels)
+
     weights = command(
         "weights",
         parents=[quiet, store],
@@ -602,6 +619,47 @@ def cmd_report(args: argparse.Namespace) -> int:
     with console.status("writing the report"):
         target = write_study_report(files, load_study(files, args.storage), args.out)
     console.print(f"report: {target.resolve()}", soft_wrap=True, highlight=False)
+    return 0
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    from autoclf.labels import find_label_issues
+    from autoclf.study import open_study_dir
+
+    found = find_label_issues(open_study_dir(args.studies_dir, args.study))
+    if not found.issues:
+        console.print(
+            f"no likely label errors among the {_count(found.checked, 'training image')}",
+            highlight=False,
+        )
+    elif args.show:
+        table = _table(None)
+        for column in ("path", "given", "suggested", "score"):
+            table.add_column(column, justify="right" if column == "score" else "left")
+        for issue in found.issues[: args.show]:
+            table.add_row(issue.path, issue.given, issue.suggested, f"{issue.score:.3f}")
+        console.print(table)
+    if found.issues:
+        console.print(
+            f"{len(found.issues)} likely label errors of {found.checked} training images "
+            f"(most likely first): {found.csv}",
+            soft_wrap=True,
+            highlight=False,
+        )
+    if found.hard_vote:
+        console.print(
+            "[yellow]the final model votes hard:[/] its out-of-fold predictions are vote shares, "
+            "coarser evidence than probabilities (`finalize --vote soft` gives finer)",
+            highlight=False,
+        )
+    if found.issues:
+        console.print(
+            f"next: look at them (`autoclf report --study {args.study}` shows each image), fix "
+            "the labels that are wrong in your data (for example in a CSV of path,label) and "
+            "search again; autoclf changes nothing",
+            soft_wrap=True,
+            highlight=False,
+        )
     return 0
 
 

@@ -21,6 +21,7 @@ from autoclf.search import record
 from autoclf.study import StudyFiles
 
 MISTAKES = 12  # worst out-of-fold mistakes shown
+SUSPECTS = 24  # likely label errors shown
 SHOWN = 128  # px of a gallery image
 
 
@@ -178,6 +179,7 @@ def _final(files: StudyFiles, summary: dict) -> list[str]:
         _per_class(precision_recall_fscore_support(labels, predicted, labels=range(len(classes)),
                                                    zero_division=0), classes),
         _mistakes(files, summary, oof),
+        _label_issues(files),
     ]  # fmt: skip
 
 
@@ -288,6 +290,47 @@ def _mistakes(files: StudyFiles, summary: dict, oof: np.ndarray) -> str:
     return (
         f"<h2>Worst mistakes (out-of-fold)</h2><p>The {len(worst)} most confident wrong "
         f"predictions of {len(wrong)}. {how}</p><div class='grid'>{''.join(tiles)}</div>"
+    )
+
+
+def _label_issues(files: StudyFiles) -> str:
+    """The likely label errors that ``autoclf labels`` found, if it ran on this final model."""
+    from autoclf import labels
+
+    final = files.dir / "final"
+    found = final / labels.CSV_NAME
+    command = f"<code>autoclf labels --study {escape(files.config.study)}</code>"
+    if not found.is_file():
+        return (
+            f"<h2>Likely label errors</h2><p class='muted'>Run {command} to list the training "
+            "images whose labels the final model doubts.</p>"
+        )
+    if found.stat().st_mtime < (final / "oof.npy").stat().st_mtime:
+        return (
+            f"<h2>Likely label errors</h2><p class='muted'>{found} is from an earlier final "
+            f"model: run {command} again.</p>"
+        )
+    issues = labels.read_csv(found)
+    if not issues:
+        return (
+            "<h2>Likely label errors</h2><p>None: the final model's out-of-fold predictions "
+            f"leave no training label in doubt ({len(files.index)} images).</p>"
+        )
+    tiles = [
+        tile(
+            thumbnail(resize_square(load_rgb(i.path, min_side=SHOWN), SHOWN), size=SHOWN),
+            f"given {i.given} → {i.suggested} ({i.score:.2f})",
+            title=i.path,
+        )
+        for i in issues[:SUSPECTS]
+    ]
+    return (
+        f"<h2>Likely label errors</h2><p>{len(issues)} of {len(files.index)} training images "
+        f"(all in {escape(found)}), the {len(tiles)} most likely shown: given label → the "
+        "class the final model suggests, with the out-of-fold probability of the given label. "
+        "Confident learning (cleanlab) on the out-of-fold predictions; nothing was changed. "
+        "Check them, fix the wrong labels (e.g. in a CSV of path,label) and search again.</p>"
+        f"<div class='grid'>{''.join(tiles)}</div>"
     )
 
 
