@@ -420,6 +420,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.set_defaults(run=cmd_predict)
 
+    # --- export (autoclf/export.py) ---
+    export = command(
+        "export",
+        parents=[quiet, study],
+        example="autoclf export --study mine",
+        help="write the saved ensemble as one ONNX file that runs without autoclf",
+        description="Export the finalized ensemble to ONNX: one graph with a dynamic batch that "
+        "takes the images as uint8 RGB (N, S, S, 3) and returns one probability per class, with "
+        "every member's resize, normalisation, TTA views, fold models and the vote inside it. "
+        "Before anything is written, onnxruntime's output on the study's training images is "
+        "compared with autoclf's; a difference above 1e-4 refuses the export. model.json beside "
+        "the model says how to turn an image file into the input (docs/finalize.md has a "
+        "service's code). Needs pip install 'autoclf[onnx]'.",
+    )
+    export.add_argument(
+        "--format", choices=["onnx"], default="onnx", help="the file format (onnx, the default)"
+    )
+    export.add_argument(
+        "--out",
+        default=None,
+        metavar="PATH",
+        help="the .onnx file to write, or a folder for model.onnx; its .json goes beside it "
+        "(default studies/NAME/final/model.onnx)",
+    )
+    export.add_argument(
+        "--check-images",
+        type=int,
+        default=256,
+        metavar="N",
+        help="the study's images to compare onnxruntime and autoclf on (default 256)",
+    )
+    export.set_defaults(run=cmd_export)
+    # --- end of export ---
+
     rep = command(
         "report",
         parents=[quiet, study],
@@ -1070,6 +1104,51 @@ def cmd_predict(args: argparse.Namespace) -> int:
     console.print(f"{len(result.paths)} predictions: {out}", soft_wrap=True, highlight=False)
     if result.labels is not None:
         _print_test(result)
+    return 0
+
+
+# --- export ---------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from autoclf.export import export_onnx
+
+    with console.status("exporting…") as status:
+
+        def step(message: str) -> None:
+            console.print(f"  {message}", highlight=False)
+            status.update(message)
+
+        result = export_onnx(
+            args.studies_dir,
+            args.study,
+            out=args.out,
+            check_images=args.check_images,
+            on_step=step,
+        )
+    console.print(
+        f"in the graph (opset {result.opset}): pixels uint8 (N, S, S, 3) RGB → resize, "
+        f"normalisation, TTA views, models, {result.vote} vote → probabilities",
+        highlight=False,
+    )
+    for line in result.members:
+        console.print(f"  {line}", highlight=False)
+    console.print(
+        f"check: onnxruntime against autoclf on {result.check_images} of "
+        f"{result.check_source}: largest difference {result.max_abs_diff:.2g} "
+        f"(tolerance {result.tolerance:g})",
+        highlight=False,
+    )
+    console.print(
+        f"model: {result.onnx_path} ({result.size_bytes / 1e6:.1f} MB)",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(
+        f"sidecar: {result.json_path} (classes, input, resize rule)",
+        soft_wrap=True,
+        highlight=False,
+    )
     return 0
 
 
