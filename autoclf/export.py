@@ -25,11 +25,10 @@ how to turn a file into its input) are written atomically.
 from __future__ import annotations
 
 import hashlib
-import io
+import inspect
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import redirect_stdout
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -315,8 +314,13 @@ def _onnx_path(out: str | os.PathLike | None, final_dir: Path) -> Path:
 def _export(graph: EnsembleGraph, size: int) -> bytes:
     """The graph as ONNX bytes, with a dynamic batch axis."""
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)  # 2: a batch of 1 would stay 1
+    if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+        raise AutoclfError(
+            f"this torch ({torch.__version__}) has no torch.export-based ONNX exporter "
+            "(torch.onnx.export(dynamo=True)): upgrade torch"
+        )
     try:
-        with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 graph,
@@ -326,13 +330,8 @@ def _export(graph: EnsembleGraph, size: int) -> bytes:
                 input_names=[INPUT],
                 output_names=[OUTPUT],
                 dynamic_shapes={"pixels": {0: torch.export.Dim("batch")}},
-                verbose=False,
+                verbose=False,  # the library does not print
             )
-    except TypeError as exc:  # a torch without the torch.export-based exporter
-        raise AutoclfError(
-            f"this torch ({torch.__version__}) cannot export with torch.onnx.export(dynamo=True): "
-            f"{exc}; upgrade torch"
-        ) from exc
     except Exception as exc:  # the exporter's errors have no common base class
         raise AutoclfError(f"torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
     try:

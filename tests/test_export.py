@@ -124,7 +124,7 @@ def test_onnxruntime_without_torch_or_timm_agrees_with_autoclf_at_any_batch_size
 
 @pytest.mark.slow
 def test_an_export_that_disagrees_with_autoclf_is_refused_and_nothing_is_written(
-    finalized, tmp_path, monkeypatch
+    finalized, tmp_path, monkeypatch, capfd
 ):
     """One model of the graph gets its classifier's bias nudged after loading, as a wrong
     export would compute: the check names the difference and the image, and writes nothing."""
@@ -150,6 +150,7 @@ def test_an_export_that_disagrees_with_autoclf_is_refused_and_nothing_is_written
     final = studies / "s" / "final"
     assert not (final / "model.onnx").exists() and not (final / "model.json").exists()
     assert _leftovers(final) == []
+    assert capfd.readouterr() == ("", "")  # the library says it all in the error
 
 
 @pytest.mark.slow
