@@ -95,11 +95,19 @@ class Preprocess:
         return x.contiguous(memory_format=MEMORY_FORMAT)
 
 
+def amp_dtype() -> torch.dtype:
+    """bf16 on GPUs that compute it natively (Ampere and later), else fp16 (with loss scaling
+    in training). Not torch's default answer, which counts emulated bf16 and would train a V100
+    or T4 in slow emulation instead of fp16."""
+    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native else torch.float16
+
+
 def autocast_for(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA where supported, else fp16; nothing on the CPU."""
+    """bf16 autocast on CUDA where native, else fp16; nothing on the CPU."""
     if device.type != "cuda" or not enabled:
         return nullcontext
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    dtype = amp_dtype()
     return lambda: torch.autocast("cuda", dtype=dtype)
 
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from autoclf.augment import train_transform
 from autoclf.config import TrainParams
 from autoclf.errors import AutoclfError
-from autoclf.inference import Preprocess, autocast_for, predict_views
+from autoclf.inference import Preprocess, amp_dtype, autocast_for, predict_views
 from autoclf.metrics import Metric, get_metric
 from autoclf.models import MEMORY_FORMAT, create_model, head_parameters, set_head
 from autoclf.optim import LRSchedule, build_optimizer
@@ -148,7 +148,7 @@ def fit(
 
     # bf16 needs no loss scaling; fp16 (older GPUs) does. The CPU trains in fp32.
     autocast = autocast_for(device, params.amp)
-    fp16 = cuda and params.amp and not torch.cuda.is_bf16_supported()
+    fp16 = cuda and params.amp and amp_dtype() == torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=fp16)
 
     train_set = CachedImages(

@@ -212,10 +212,12 @@ def sync(device: torch.device) -> None:
 
 
 def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    """The autocast dtype autoclf's rule gives (bf16 where supported, else fp16); None on CPU."""
+    """The autocast dtype autoclf's rule gives (bf16 where native, else fp16); None on CPU."""
+    from autoclf.inference import amp_dtype as autoclf_amp_dtype
+
     if device.type != "cuda" or not amp:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return autoclf_amp_dtype()
 
 
 def params_for(ctx: Context, backbone: str, **changes) -> TrainParams:
@@ -621,7 +623,7 @@ def section_amp(ctx: Context) -> dict:
         ctx, plan.amp_model, batch_size=plan.amp_batch, epochs=plan.amp_epochs, lr=5e-4
     )
     variants = {"fp32": (False, False), "amp": (True, False)}
-    if ctx.cuda and torch.cuda.is_bf16_supported():
+    if ctx.cuda and torch.cuda.is_bf16_supported(including_emulation=False):
         variants["fp16_scaler"] = (True, True)
     runs = {}
     for name, (amp, force_fp16) in variants.items():

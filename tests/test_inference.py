@@ -67,3 +67,16 @@ def test_a_model_trained_without_flips_is_not_shown_flipped_views():
     unflipped = views_for(False)
     assert unflipped[0] == VIEWS[0] and len(unflipped) >= 2
     assert not any(v.flip for v in unflipped)
+
+
+def test_amp_takes_fp16_where_bf16_is_only_emulated(monkeypatch):
+    """A V100 or T4 answers is_bf16_supported() True by emulation: autoclf must take fp16
+    (with loss scaling) there, and bf16 only where the GPU computes it natively."""
+    from autoclf.inference import amp_dtype
+
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation
+    )
+    assert amp_dtype() == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert amp_dtype() == torch.bfloat16
