@@ -218,11 +218,13 @@ def export_onnx(
     onnx_path = _onnx_path(out, predictor.final_dir)
     json_path = onnx_path.with_suffix(".json")
 
+    # The images first: a study whose images and cache are gone stops before the export's work.
+    pixels, names, source = _check_pixels(files, predictor.image_size, check_images)
     on_step(f"exporting {len(predictor.members)} member(s) to ONNX (opset {OPSET})")
     graph = build_graph(predictor)
     model_bytes = _export(graph, predictor.image_size)
+    del graph  # its models: the Predictor loads its own, from the same files
 
-    pixels, names, source = _check_pixels(files, predictor.image_size, check_images)
     on_step(f"checking onnxruntime against autoclf on {len(pixels)} of {source}")
     session = _session(ort, model_bytes)
     theirs = np.concatenate(
