@@ -66,7 +66,6 @@ def exported(finalized, tmp_path_factory) -> Path:
     return studies
 
 
-@pytest.mark.slow
 def test_the_export_writes_the_model_and_a_sidecar_that_says_what_it_holds(exported):
     final = exported / "s" / "final"
     meta = json.loads((final / "model.json").read_text())
@@ -96,7 +95,6 @@ def test_the_export_writes_the_model_and_a_sidecar_that_says_what_it_holds(expor
     assert _leftovers(final) == []  # the atomic writes' temporary files are gone
 
 
-@pytest.mark.slow
 def test_onnxruntime_without_torch_or_timm_agrees_with_autoclf_at_any_batch_size(
     exported, tmp_path
 ):
