@@ -43,7 +43,7 @@ import autoclf
 from autoclf import atomic
 from autoclf.data.images import DRAFT_FLOOR
 from autoclf.errors import AutoclfError
-from autoclf.inference import View
+from autoclf.inference import view_grid
 from autoclf.models import interpolation, load_trained, normalization
 from autoclf.predictor import Member, Predictor
 
@@ -126,17 +126,6 @@ class MemberGraph(nn.Module):
             probs = torch.softmax(model(batch), dim=1).view(len(views), n, -1).mean(dim=0)
             total = probs if total is None else total + probs
         return total / len(self.models)
-
-
-def view_grid(view: View, size: int) -> torch.Tensor | None:
-    """The sampling grid of a zoom or shift view at ``size`` px, (1, size, size, 2), built as
-    :func:`autoclf.inference.apply_views` builds it; None for a view without one."""
-    if view.scale == 1.0 and view.shift == (0.0, 0.0):
-        return None
-    theta = torch.zeros(1, 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = view.scale
-    theta[:, 0, 2], theta[:, 1, 2] = 2 * view.shift[0], 2 * view.shift[1]
-    return F.affine_grid(theta, [1, 3, size, size], align_corners=False)
 
 
 class EnsembleGraph(nn.Module):

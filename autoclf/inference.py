@@ -56,18 +56,29 @@ def apply_views(x: torch.Tensor, views: Sequence[View]) -> torch.Tensor:
     out = []
     for view in views:
         v = x.flip(3) if view.flip else x
-        if view.scale != 1.0 or view.shift != (0.0, 0.0):
+        grid = view_grid(view, v.shape[-1], device=v.device, dtype=v.dtype)
+        if grid is not None:
             # One affine resample covers zoom and shift; border padding avoids black edges. The
             # grid is the same for every image: built once and broadcast (building it per image
             # cost more than the resampling).
-            theta = torch.zeros(1, 2, 3, device=v.device, dtype=v.dtype)
-            theta[:, 0, 0] = theta[:, 1, 1] = view.scale
-            theta[:, 0, 2], theta[:, 1, 2] = 2 * view.shift[0], 2 * view.shift[1]
-            grid = F.affine_grid(theta, [1, *v.shape[1:]], align_corners=False)
             grid = grid.expand(v.shape[0], -1, -1, -1)
             v = F.grid_sample(v, grid, mode="bilinear", padding_mode="border", align_corners=False)
         out.append(v)
     return torch.cat(out) if len(out) > 1 else out[0]
+
+
+def view_grid(
+    view: View, size: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor | None:
+    """The sampling grid of a zoom or shift view of ``size``×``size`` images, (1, size, size,
+    2); None for a view without one (the identity, a flip). The ONNX export keeps it as a
+    constant."""
+    if view.scale == 1.0 and view.shift == (0.0, 0.0):
+        return None
+    theta = torch.zeros(1, 2, 3, device=device, dtype=dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = view.scale
+    theta[:, 0, 2], theta[:, 1, 2] = 2 * view.shift[0], 2 * view.shift[1]
+    return F.affine_grid(theta, [1, 3, size, size], align_corners=False)
 
 
 class Preprocess:

@@ -69,7 +69,7 @@ def image_folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def finalized(tmp_path_factory) -> Path:
+def finalized_digits(tmp_path_factory) -> Path:
     """The studies folder of a finalized digits study ``s``: 2 tiny members searched on 2
     folds, kept as their fold models, soft vote, 3 TTA views. Shared by the tests that only
     read it: copy it to change it."""

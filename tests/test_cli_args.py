@@ -60,13 +60,15 @@ def test_every_option_of_every_command_says_what_it_does():
     from autoclf.cli import build_parser
 
     commands = _commands(build_parser())
-    assert list(commands)[:7] == [
+    assert list(commands)[:9] == [
         "inspect",
         "search",
         "status",
         "finalize",
         "predict",
+        "export",
         "report",
+        "labels",
         "weights",
     ]  # in the order a user runs them
     for name, parser in commands.items():

@@ -44,8 +44,8 @@ print(sorted(m for m in ("torch", "timm") if sys.modules.get(m) is not None))
 """
 
 
-def _copy(finalized: Path, to: Path) -> Path:
-    shutil.copytree(finalized, to)
+def _copy(studies: Path, to: Path) -> Path:
+    shutil.copytree(studies, to)
     return to
 
 
@@ -59,9 +59,9 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def exported(finalized, tmp_path_factory) -> Path:
-    """A copy of the finalized study, exported to ONNX (soft vote, 2 members, 3 views)."""
-    studies = _copy(finalized, tmp_path_factory.mktemp("exported") / "studies")
+def exported(finalized_digits, tmp_path_factory) -> Path:
+    """A copy of the finalized digits study, exported to ONNX (soft vote, 2 members, 3 views)."""
+    studies = _copy(finalized_digits, tmp_path_factory.mktemp("exported") / "studies")
     export_onnx(studies, "s")
     return studies
 
@@ -122,11 +122,11 @@ def test_onnxruntime_without_torch_or_timm_agrees_with_autoclf_at_any_batch_size
 
 @pytest.mark.slow
 def test_an_export_that_disagrees_with_autoclf_is_refused_and_nothing_is_written(
-    finalized, tmp_path, monkeypatch, capfd
+    finalized_digits, tmp_path, monkeypatch, capfd
 ):
     """One model of the graph gets its classifier's bias nudged after loading, as a wrong
     export would compute: the check names the difference and the image, and writes nothing."""
-    studies = _copy(finalized, tmp_path / "studies")
+    studies = _copy(finalized_digits, tmp_path / "studies")
     real_load = export.load_trained
     loaded = []
 
@@ -152,8 +152,8 @@ def test_an_export_that_disagrees_with_autoclf_is_refused_and_nothing_is_written
 
 
 @pytest.mark.slow
-def test_a_hard_vote_is_exported_inside_the_graph(finalized, tmp_path):
-    studies = _copy(finalized, tmp_path / "studies")
+def test_a_hard_vote_is_exported_inside_the_graph(finalized_digits, tmp_path):
+    studies = _copy(finalized_digits, tmp_path / "studies")
     finalize_study(
         studies, vote="hard", select="topk", top_k=2, tta="3", refit="folds", device="cpu"
     )
@@ -173,11 +173,11 @@ def test_a_hard_vote_is_exported_inside_the_graph(finalized, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_export_command_with_resized_members_and_every_view(finalized, tmp_path):
+def test_the_export_command_with_resized_members_and_every_view(finalized_digits, tmp_path):
     """`autoclf export` on an ensemble whose members take 11 and 13 px images from the 16 px
     cache (antialiased bilinear and bicubic resizes in the graph), one of them under all 8
     views: the check passes and the command says what it wrote."""
-    studies = _copy(finalized, tmp_path / "studies")
+    studies = _copy(finalized_digits, tmp_path / "studies")
     manifest_path = studies / "s" / "final" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     for member, size in zip(manifest["members"], (11, 13), strict=True):
@@ -210,21 +210,21 @@ def test_the_export_command_with_resized_members_and_every_view(finalized, tmp_p
     assert "error: no study 'nope'" in missing.stderr
 
 
-def test_a_missing_or_unfinalized_study_is_a_clear_error(finalized, tmp_path):
+def test_a_missing_or_unfinalized_study_is_a_clear_error(finalized_digits, tmp_path):
     with pytest.raises(AutoclfError, match="no study 'nope' in .*run `autoclf search` first"):
-        export_onnx(finalized, "nope")
-    studies = _copy(finalized, tmp_path / "studies")
+        export_onnx(finalized_digits, "nope")
+    studies = _copy(finalized_digits, tmp_path / "studies")
     shutil.rmtree(studies / "s" / "final")
     with pytest.raises(AutoclfError, match="no saved ensemble at .*once `autoclf finalize`"):
         export_onnx(studies, "s")
 
 
-def test_a_wrong_out_path_is_refused_before_any_work(finalized, tmp_path):
+def test_a_wrong_out_path_is_refused_before_any_work(finalized_digits, tmp_path):
     with pytest.raises(AutoclfError, match=r"--out .*model\.txt: give a file ending in \.onnx"):
-        export_onnx(finalized, "s", out=tmp_path / "model.txt")
+        export_onnx(finalized_digits, "s", out=tmp_path / "model.txt")
 
 
-def test_without_the_onnx_extra_the_export_says_what_to_install(finalized, monkeypatch):
+def test_without_the_onnx_extra_the_export_says_what_to_install(finalized_digits, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails
     with pytest.raises(AutoclfError, match=r"needs onnxruntime.*pip install 'autoclf\[onnx\]'"):
-        export_onnx(finalized, "s")
+        export_onnx(finalized_digits, "s")

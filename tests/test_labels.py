@@ -63,8 +63,8 @@ def test_flipped_digit_labels_are_found_and_the_data_is_left_alone(tmp_path):
     assert "is from an earlier final model: run <code>autoclf labels" in html
 
 
-def test_labels_need_a_finalized_study(finalized, tmp_path):
-    shutil.copytree(finalized, tmp_path / "studies")
+def test_labels_need_a_finalized_study(finalized_digits, tmp_path):
+    shutil.copytree(finalized_digits, tmp_path / "studies")
     (tmp_path / "studies" / "s" / "final" / "oof.npy").unlink()
     with pytest.raises(AutoclfError, match=r"no out-of-fold predictions at .*autoclf finalize"):
         find_label_issues(open_study_dir(tmp_path / "studies", "s"))
@@ -72,18 +72,18 @@ def test_labels_need_a_finalized_study(finalized, tmp_path):
     assert done.returncode != 0 and "no study 'nope'" in done.stderr
 
 
-def test_an_oof_file_of_another_shape_is_refused(finalized, tmp_path):
+def test_an_oof_file_of_another_shape_is_refused(finalized_digits, tmp_path):
     import numpy as np
 
-    shutil.copytree(finalized, tmp_path / "studies")
+    shutil.copytree(finalized_digits, tmp_path / "studies")
     oof = tmp_path / "studies" / "s" / "final" / "oof.npy"
     np.save(oof, np.load(oof)[:-1])
     with pytest.raises(AutoclfError, match=r"holds 1436×10 predictions, but the study has 1437"):
         find_label_issues(open_study_dir(tmp_path / "studies", "s"))
 
 
-def test_the_report_asks_for_labels_until_it_has_run(finalized):
+def test_the_report_asks_for_labels_until_it_has_run(finalized_digits):
     from autoclf.reports.study import render
 
-    files = open_study_dir(finalized, "s")
+    files = open_study_dir(finalized_digits, "s")
     assert "Run <code>autoclf labels --study s</code>" in render(files, load_study(files))

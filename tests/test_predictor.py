@@ -32,9 +32,9 @@ print(json.dumps({"labels": out.labels, "probs": out.probs.tolist()}))
 
 
 @pytest.fixture
-def study(finalized, tmp_path) -> Path:
-    """A copy of the finalized study (predict writes its cache into the study's folder)."""
-    shutil.copytree(finalized, tmp_path / "studies")
+def study(finalized_digits, tmp_path) -> Path:
+    """A copy of the finalized digits study (predict writes its cache into the study's folder)."""
+    shutil.copytree(finalized_digits, tmp_path / "studies")
     return tmp_path / "studies"
 
 
@@ -71,10 +71,10 @@ def test_load_then_predict_agrees_with_the_predict_command(study, tmp_path):
     assert np.allclose(got["probs"], expected, atol=2e-6)  # the CSV keeps 6 decimals
 
 
-def test_one_input_or_many_and_the_same_probabilities_whichever_way_in(finalized):
-    predictor = autoclf.load(finalized / "s" / "final", device="cpu")
+def test_one_input_or_many_and_the_same_probabilities_whichever_way_in(finalized_digits):
+    predictor = autoclf.load(finalized_digits / "s" / "final", device="cpu")
     assert predictor.classes == tuple(str(d) for d in range(10))
-    paths = _digits(finalized, 4)
+    paths = _digits(finalized_digits, 4)
     arrays = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
     by_path = predictor.predict(paths)
     by_array = predictor.predict(arrays)  # (N, H, W, 3): N images
@@ -93,9 +93,9 @@ def test_one_input_or_many_and_the_same_probabilities_whichever_way_in(finalized
     assert predictor.predict([]).probs.shape == (0, 10)
 
 
-def test_bad_inputs_are_named_by_position(finalized, tmp_path):
-    predictor = autoclf.load(finalized / "s", device="cpu")
-    good = _digits(finalized, 1)[0]
+def test_bad_inputs_are_named_by_position(finalized_digits, tmp_path):
+    predictor = autoclf.load(finalized_digits / "s", device="cpu")
+    good = _digits(finalized_digits, 1)[0]
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     cases = [
