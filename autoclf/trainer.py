@@ -165,6 +165,12 @@ def fit(
     sampler, class_weights = class_balance(
         labels[train_idx], num_classes=num_classes, mode=params.balance, generator=generator
     )
+    if workers > 0:
+        # OpenCV's thread pool does not survive a fork: a loader process forked while this
+        # process has one hangs for ever at its first OpenCV call. Enlarging small images into
+        # a cache starts the pool (finalize decodes a test set, then retrains). The loaders do
+        # the OpenCV work from now on, so this process gives its pool up before they fork.
+        cv2.setNumThreads(1)
     train_loader = DataLoader(
         train_set,
         batch_size=params.batch_size,

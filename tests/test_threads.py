@@ -127,3 +127,37 @@ def test_loader_workers_run_opencv_on_one_thread():
         dataset, batch_size=2, num_workers=1, worker_init_fn=_reseed_worker
     )
     assert [int(v) for batch in loader for v in batch] == [1, 1, 1, 1]
+
+
+FORK_AFTER_OPENCV = """
+import numpy as np, cv2, torch
+from autoclf.config import TrainParams
+from autoclf.metrics import get_metric
+from autoclf.trainer import fit
+
+from autoclf.data.cache import resize_square
+
+rng = np.random.default_rng(0)
+# Small images enlarged into a cache (cubic): OpenCV starts its thread pool in this process.
+for _ in range(3):
+    resize_square(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8), 1000)
+images = rng.integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
+labels = np.arange(32) % 2
+params = TrainParams(backbone="test_resnet", image_size=16, epochs=1, batch_size=8)
+result = fit(params, images=images, labels=labels, train_idx=np.arange(24),
+             val_idx=np.arange(24, 32), num_classes=2, metric=get_metric("accuracy"), seed=0,
+             device=torch.device("cpu"), loader_workers=1)
+print("epochs", result.epochs_run)
+"""
+
+
+@pytest.mark.slow
+def test_loader_workers_start_after_opencv_has_run_in_the_parent():
+    """A loader process forked while the parent had OpenCV's thread pool hung for ever at its
+    first OpenCV call: on a GPU (loader workers), finalize after enlarging small test images
+    into their cache (a 32 px data set at 224 px, say). Without the fix this times out."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_AFTER_OPENCV], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "epochs 1" in done.stdout
