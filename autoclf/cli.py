@@ -420,7 +420,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.set_defaults(run=cmd_predict)
 
-    # --- export (autoclf/export.py) ---
     export = command(
         "export",
         parents=[quiet, study],
@@ -446,13 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--check-images",
-        type=int,
+        type=_positive_int,
         default=256,
         metavar="N",
         help="the study's images to compare onnxruntime and autoclf on (default 256)",
     )
     export.set_defaults(run=cmd_export)
-    # --- end of export ---
 
     rep = command(
         "report",
