@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from sklearn.metrics import confusion_matrix
 from autoclf import atomic
 from autoclf.data.cache import ImageCache, build_cache
 from autoclf.data.index import build_prediction_index
-from autoclf.errors import AutoclfError, DataError
+from autoclf.errors import DataError
 from autoclf.metrics import METRICS
 from autoclf.predictor import Predictor
 
@@ -34,13 +33,6 @@ class PredictResult:
     @property
     def predicted(self) -> np.ndarray:
         return self.probs.argmax(axis=1)
-
-
-def load_manifest(final_dir: str | Path) -> dict[str, Any]:
-    path = Path(final_dir) / "manifest.json"
-    if not path.is_file():
-        raise AutoclfError(f"no saved ensemble at {path}; run `autoclf finalize` first")
-    return json.loads(path.read_text())
 
 
 @dataclass
@@ -92,20 +84,19 @@ def predict(
     """Predict ``data`` with the ensemble in ``final_dir``; ``images``: ``data`` already
     loaded by :func:`load_images` (as finalize does before it trains)."""
     final_dir = Path(final_dir)
-    manifest = load_manifest(final_dir)
-    classes = tuple(manifest["classes"])
+    # One model in memory at a time: the whole ensemble may not fit at once.
+    predictor = Predictor(final_dir, device=device, keep_models=False)
+    classes = predictor.classes
     if images is None:
         images = load_images(
             data,
             classes=classes,
-            size=manifest["cache_size"],
+            size=predictor.image_size,
             final_dir=final_dir,
             studies_dir=studies_dir,
             skip_bad=skip_bad,
         )
     paths, labels = images.paths, images.labels
-    # One model in memory at a time: the whole ensemble may not fit at once.
-    predictor = Predictor(final_dir, device=device, keep_models=False)
     probs = predictor.predict_pixels(images.cache.images)
     result = PredictResult(paths, classes, probs, labels, skipped=images.skipped)
     if labels is not None:

@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 from autoclf.config import TrainParams
-from autoclf.data.cache import resize_square
-from autoclf.data.images import load_rgb, pil_to_rgb
+from autoclf.data.cache import decode_square, resize_square
+from autoclf.data.images import pil_to_rgb
 from autoclf.ensemble import vote
 from autoclf.errors import AutoclfError, DataError
 from autoclf.inference import VIEWS_BY_NAME, Preprocess, View, predict_views
@@ -187,7 +187,7 @@ def to_pixels(item: Input, size: int, *, index: int = 0) -> np.ndarray:
         if not path.is_file():
             raise DataError(f"input {index}: no such file: {path}")
         try:
-            rgb = load_rgb(path, min_side=size)  # as the cache decodes it
+            return decode_square(path, size)  # as the cache decodes it
         except DataError as exc:
             raise DataError(f"input {index}: {exc}") from exc
     elif isinstance(item, Image.Image):

@@ -126,7 +126,7 @@ def _decode_into(
 
     def work(i: int) -> None:
         try:
-            out[i] = resize_square(load_rgb(paths[i], min_side=size), size)
+            out[i] = decode_square(paths[i], size)
         except DataError as exc:
             failures[paths[i]] = str(exc)
 
@@ -137,6 +137,11 @@ def _decode_into(
                 on_progress(done, len(paths))
     out.flush()
     return failures
+
+
+def decode_square(path: str | Path, size: int) -> np.ndarray:
+    """One image file as the cache holds it: ``size``×``size``×3 uint8, upright RGB."""
+    return resize_square(load_rgb(path, min_side=size), size)
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:

@@ -11,9 +11,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoclf import atomic
-from autoclf.data.cache import resize_square
+from autoclf.data.cache import decode_square
 from autoclf.data.folds import describe_study_cv
-from autoclf.data.images import load_rgb
 from autoclf.errors import AutoclfError
 from autoclf.metrics import get_metric
 from autoclf.reports.html import escape, figure, page, table, thumbnail, tile
@@ -271,7 +270,7 @@ def _mistakes(files: StudyFiles, summary: dict, oof: np.ndarray) -> str:
     tiles = []
     for k, i in enumerate(worst):
         path = files.index.paths[i]
-        shown = resize_square(load_rgb(path, min_side=SHOWN), SHOWN)
+        shown = decode_square(path, SHOWN)
         caption = (
             f"true {classes[labels[i]]} → {classes[predicted[i]]} ({oof[i, predicted[i]]:.2f})"
         )
@@ -318,7 +317,7 @@ def _label_issues(files: StudyFiles) -> str:
         )
     tiles = [
         tile(
-            thumbnail(resize_square(load_rgb(i.path, min_side=SHOWN), SHOWN), size=SHOWN),
+            thumbnail(decode_square(i.path, SHOWN), size=SHOWN),
             f"given {i.given} → {i.suggested} ({i.score:.2f})",
             title=i.path,
         )
