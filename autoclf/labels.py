@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +104,5 @@ def _oof(files: StudyFiles) -> np.ndarray:
 
 
 def _vote(final: Path) -> str:
-    import json
-
     manifest = final / "manifest.json"
     return json.loads(manifest.read_text())["vote"] if manifest.is_file() else "soft"
