@@ -58,6 +58,8 @@ class MemberReport:
     oof_tta: float  # OOF score with the views kept
     views: list[str]
     refit_epochs: int | None = None
+    # The micro-batch the search fell back to after running out of memory, used again here.
+    micro_batch: int | None = None
 
 
 @dataclass
@@ -185,8 +187,9 @@ def _member_oof(
     views = views_for(params.hflip)[:n_views]
     if params.kind == "head":  # a head trained on these views' features and no others
         views = tuple(v for v in views if v in feature_views(params.hflip))
+    micro_batch = trial.user_attrs.get(record.MICRO_BATCH)
     oof_views = _fold_oof(
-        trial.number, params, files, images, features, views, device, config, on_step
+        trial.number, params, micro_batch, files, images, features, views, device, config, on_step
     )
     n_kept = _choose_views(config.tta, oof_views, labels, metric)
     tta = oof_views[:n_kept].mean(axis=0)
@@ -198,6 +201,7 @@ def _member_oof(
         oof=metric(labels, oof_views[0]),
         oof_tta=metric(labels, tta),
         views=[v.name for v in views[:n_kept]],
+        micro_batch=micro_batch,
     )
     return _ScoredMember(report, oof_views[0], tta)
 
@@ -319,6 +323,7 @@ def _complete_trials(study: optuna.Study, files: StudyFiles) -> list[optuna.tria
 def _fold_oof(
     number: int,
     params: TrainParams,
+    micro_batch: int | None,
     files: StudyFiles,
     images: np.ndarray,
     features: FeatureStore,
@@ -355,6 +360,7 @@ def _fold_oof(
                 seed=trial_seed(files.config.seed, number, fold),
                 device=device,
                 loader_workers=config.loader_workers,
+                micro_batch=micro_batch,
                 keep_weights=True,
             )
             weights.save_weights(weights_path, result.state_dict, kept_epoch=result.kept_epoch)
@@ -439,6 +445,7 @@ def _refit(
         seed=trial_seed(files.config.seed, member.trial, files.n_folds),
         device=device,
         loader_workers=config.loader_workers,
+        micro_batch=member.micro_batch,
         keep_weights=True,
     )
     weights.save_weights(weights_path, result.state_dict, kept_epoch=epochs)

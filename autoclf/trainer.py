@@ -271,6 +271,29 @@ def _cpu_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says memory ran out, where a smaller micro-batch may fit.
+
+    Besides ``torch.OutOfMemoryError``, PyTorch reports some exhaustion as a plain
+    ``RuntimeError``: a CUDA call that fails to allocate ("CUDA error: out of memory"), cuBLAS
+    failing to allocate its workspace, the CPU allocator. cuDNN answers some batches too large
+    for it with ``CUDNN_STATUS_NOT_SUPPORTED``. toma and Accelerate's
+    ``find_executable_batch_size`` match the same messages."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc)
+    return ("CUDA" in text and "out of memory" in text) or any(
+        mark in text
+        for mark in (
+            "CUBLAS_STATUS_ALLOC_FAILED",
+            "CUDNN_STATUS_NOT_SUPPORTED",
+            "DefaultCPUAllocator: can't allocate memory",
+        )
+    )
+
+
 def release_memory(device: torch.device) -> None:
     """Give back what a finished (or out-of-memory) trial left behind: unreachable Python
     objects that still hold tensors, then the CUDA allocator's cached blocks, so the next trial

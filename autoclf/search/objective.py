@@ -34,7 +34,14 @@ from autoclf.search import record, storage, weights
 from autoclf.search.events import EpochDone, EventFn, TrialStarted
 from autoclf.search.space import SearchSpace
 from autoclf.search.trial_log import TrialLog
-from autoclf.trainer import EpochReport, FitResult, NonFiniteLossError, fit, release_memory
+from autoclf.trainer import (
+    EpochReport,
+    FitResult,
+    NonFiniteLossError,
+    fit,
+    is_out_of_memory,
+    release_memory,
+)
 
 
 @dataclass
@@ -185,7 +192,9 @@ class Objective:
                             keep_weights=self.keep_weights > 0 and params.kind != "head",
                         )
                         break
-                    except torch.OutOfMemoryError as exc:
+                    except Exception as exc:
+                        if not is_out_of_memory(exc):
+                            raise
                         oom = str(exc).splitlines()[0] if str(exc) else "out of memory"
                     # Outside the except block: the traceback, and the tensors its frames
                     # hold, are gone before the memory is handed back.

@@ -8,6 +8,7 @@ study, the trainer, the pruner, is real and runs in this process.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import signal
 import weakref
@@ -17,8 +18,9 @@ import torch
 from optuna.trial import TrialState
 
 import autoclf.trainer
-from autoclf.config import SearchConfig
-from autoclf.search.runner import prepare, run
+from autoclf.config import FinalizeConfig, SearchConfig
+from autoclf.finalize import finalize
+from autoclf.search.runner import SearchFailedError, prepare, run
 
 SPACE = """
 params:
@@ -44,18 +46,25 @@ def config(tmp_path):
     )
 
 
-class Faulty(torch.nn.Module):
-    """The real model, but out of memory above ``oom_above`` images per forward pass, and
-    NaN at training forward pass ``nan_at``."""
+def cuda_oom(images: int) -> Exception:
+    return torch.OutOfMemoryError(f"CUDA out of memory (injected at {images} images)")
 
-    def __init__(self, model, oom_above: int | None, nan_at: int | None):
+
+class Faulty(torch.nn.Module):
+    """The real model, but out of memory above ``oom_above`` images per forward pass (raising
+    ``oom(images)``), and NaN at training forward pass ``nan_at``."""
+
+    def __init__(self, model, oom_above: int | None, nan_at: int | None, oom=cuda_oom):
         super().__init__()
-        self.model, self.oom_above, self.nan_at = model, oom_above, nan_at
+        self.model, self.oom_above, self.nan_at, self.oom = model, oom_above, nan_at, oom
         self.train_calls = 0
+
+    def state_dict(self, *args, **kwargs):  # saved as the real model's, as finalize reloads it
+        return self.model.state_dict(*args, **kwargs)
 
     def forward(self, x):
         if self.oom_above is not None and x.shape[0] > self.oom_above:
-            raise torch.OutOfMemoryError(f"CUDA out of memory (injected at {x.shape[0]} images)")
+            raise self.oom(x.shape[0])
         out = self.model(x)
         if self.training:
             self.train_calls += 1
@@ -72,9 +81,9 @@ def faulty(monkeypatch):
     refs: list[weakref.ref] = []
     real = autoclf.trainer.create_model
 
-    def install(*, oom_above=None, nan_at=None):
+    def install(*, oom_above=None, nan_at=None, oom=cuda_oom):
         def create(params, *, num_classes):
-            model = Faulty(real(params, num_classes=num_classes), oom_above, nan_at)
+            model = Faulty(real(params, num_classes=num_classes), oom_above, nan_at, oom)
             refs.append(weakref.ref(model))
             if nan_at is not None:
                 made.append(model)  # kept alive to count its training steps
@@ -95,6 +104,50 @@ def test_out_of_memory_retries_at_half_micro_batch_and_frees_the_first_model(con
     assert len(refs) == 3  # fold 1 at 64 (out of memory), fold 1 again and fold 2 at 32
     gc.collect()
     assert [r() for r in refs] == [None] * 3  # no model outlives its trial, failed try included
+
+
+@pytest.mark.parametrize(
+    "oom",
+    [
+        lambda n: RuntimeError(f"CUDA error: out of memory (injected at {n} images)"),
+        lambda n: RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+            f"memory: you tried to allocate {n << 30} bytes. Error code 12"
+        ),
+    ],
+    ids=["cuda-runtime-error", "cpu-allocator"],
+)
+def test_out_of_memory_reported_as_a_runtime_error_is_retried_too(config, faulty, oom):
+    faulty(oom_above=40, oom=oom)
+    (trial,) = run(prepare(config)).trials
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["micro_batch"] == 32
+
+
+def test_other_runtime_errors_fail_the_trial_without_a_retry(config, faulty):
+    _, refs = faulty(oom_above=40, oom=lambda n: RuntimeError(f"shapes ({n}x8) cannot multiply"))
+    prepared = prepare(config)
+    with pytest.raises(SearchFailedError, match="3 trials in a row failed"):
+        run(prepared)
+    trials = prepared.study.trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3
+    for trial in trials:
+        assert trial.user_attrs["fail_reason"] == "RuntimeError: shapes (64x8) cannot multiply"
+        assert "micro_batch" not in trial.user_attrs
+    assert len(refs) == 3  # one model a trial: no retry at a smaller micro-batch
+
+
+def test_finalize_retrains_at_the_micro_batch_the_search_fell_back_to(config, faulty):
+    """Without it, a member that only fit at half its batch runs out of memory again when
+    finalize retrains it on every image (or retrains the folds the search did not keep)."""
+    _, refs = faulty(oom_above=40)
+    run(prepare(SearchConfig(**{**config.to_dict(), "keep_weights": 0})))
+    searched = len(refs)
+    result = finalize(FinalizeConfig(study="f", studies_dir=config.studies_dir, tta="off"))
+    (member,) = result.members
+    assert member.micro_batch == 32 and member.refit_epochs is not None
+    assert len(refs) - searched == 3  # 2 folds and the refit on every image, each fitting
+    summary = json.loads((result.final_dir / "summary.json").read_text())
+    assert summary["members"][0]["micro_batch"] == 32
 
 
 def test_still_out_of_memory_at_half_micro_batch_prunes_with_reason_oom(config, faulty):
