@@ -113,3 +113,34 @@ def test_report_before_finalize_says_how_to_get_the_rest(finalized, tmp_path):
     html = (studies / "s" / "report.html").read_text()
     assert "<h2>Leaderboard</h2>" in html and "Run <code>autoclf finalize --study s" in html
     assert "Confusion matrix" not in html
+
+
+def test_report_after_the_images_moved_says_so_instead_of_crashing(finalized, tmp_path):
+    """The data folder moved (or was deleted) after the search: the report still renders every
+    section, and the galleries say which files they cannot read."""
+    studies = tmp_path / "studies"
+    shutil.copytree(finalized, studies)
+    index = studies / "s" / "index.csv"
+    rows = index.read_text().splitlines()
+    gone = tmp_path / "moved-away"
+    header, body = rows[0], rows[1:]
+    column = header.split(",").index("path")
+    moved = []
+    for row in body:
+        cells = row.split(",")
+        cells[column] = str(gone / Path(cells[column]).name)
+        moved.append(",".join(cells))
+    index.write_text("\n".join([header, *moved]) + "\n")
+
+    out = autoclf("report", "--study", "s", "--studies-dir", str(studies), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr + out.stdout
+    html = (studies / "s" / "report.html").read_text()
+    headings = re.findall(r"<h2>([^<]+)</h2>", html)
+    for section in SECTIONS:
+        assert any(h.startswith(section) for h in headings), f"no section {section!r}"
+    mistakes = html.split("<h2>Worst mistakes")[1]
+    shown = int(re.search(r"The (\d+) most confident wrong predictions", mistakes).group(1))
+    assert shown > 0 and mistakes.count("cannot read ") == 2 * shown  # alt text and caption
+    assert ">Grad-CAM<" not in mistakes
+    assert f"No Grad-CAM: {len(body)} of the {len(body)} training images are no longer" in html
+    assert str(gone) in html  # the first missing file, named

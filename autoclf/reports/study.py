@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autoclf import atomic
 from autoclf.data.cache import decode_square
 from autoclf.data.folds import describe_study_cv
-from autoclf.errors import AutoclfError
+from autoclf.errors import AutoclfError, DataError
 from autoclf.metrics import get_metric
 from autoclf.reports.html import escape, figure, page, table, thumbnail, tile
 from autoclf.search import record
@@ -265,16 +266,17 @@ def _mistakes(files: StudyFiles, summary: dict, oof: np.ndarray) -> str:
     if len(wrong) == 0:
         return "<h2>Worst mistakes</h2><p>The final model gets every image right out-of-fold.</p>"
     worst = wrong[np.argsort(-oof[wrong, predicted[wrong]], kind="stable")][:MISTAKES]
-    heat = _heat_maps(files, summary, worst, predicted[worst])
+    no_heat = _why_no_heat_maps(files, summary)
+    heat = None if no_heat else _heat_maps(files, summary, worst, predicted[worst])
     classes = files.index.classes
     tiles = []
     for k, i in enumerate(worst):
         path = files.index.paths[i]
-        shown = decode_square(path, SHOWN)
+        shown = _picture(path)
         caption = (
             f"true {classes[labels[i]]} → {classes[predicted[i]]} ({oof[i, predicted[i]]:.2f})"
         )
-        cells = tile(thumbnail(shown, size=SHOWN), caption, title=path)
+        cells = _tile(shown, caption, path)
         if heat is not None:
             from autoclf.reports.gradcam import overlay
 
@@ -284,7 +286,7 @@ def _mistakes(files: StudyFiles, summary: dict, oof: np.ndarray) -> str:
         "Each with a Grad-CAM overlay: where the member with the largest weight, in the fold "
         "model that held the image out, found evidence for the wrong class."
         if heat is not None
-        else "No Grad-CAM: the final members' fold models are not on disk."
+        else f"No Grad-CAM: {no_heat}."
     )
     return (
         f"<h2>Worst mistakes (out-of-fold)</h2><p>The {len(worst)} most confident wrong "
@@ -316,11 +318,7 @@ def _label_issues(files: StudyFiles) -> str:
             f"leave no training label in doubt ({len(files.index)} images).</p>"
         )
     tiles = [
-        tile(
-            thumbnail(decode_square(i.path, SHOWN), size=SHOWN),
-            f"given {i.given} → {i.suggested} ({i.score:.2f})",
-            title=i.path,
-        )
+        _tile(_picture(i.path), f"given {i.given} → {i.suggested} ({i.score:.2f})", i.path)
         for i in issues[:SUSPECTS]
     ]
     return (
@@ -333,9 +331,41 @@ def _label_issues(files: StudyFiles) -> str:
     )
 
 
+def _picture(path: str) -> np.ndarray | None:
+    """A training image as the galleries show it; None where it can no longer be read (moved
+    or deleted since the search): the report still shows everything else."""
+    try:
+        return decode_square(path, SHOWN)
+    except DataError:
+        return None
+
+
+def _tile(picture: np.ndarray | None, caption: str, path: str) -> str:
+    if picture is None:
+        picture = np.full((SHOWN, SHOWN, 3), 235, dtype=np.uint8)
+        caption = f"{caption}; cannot read {Path(path).name} now"
+    return tile(thumbnail(picture, size=SHOWN), caption, title=path)
+
+
+def _why_no_heat_maps(files: StudyFiles, summary: dict) -> str | None:
+    """Why Grad-CAM cannot run (it needs the fold models and every training image, as the
+    cache is keyed on them), or None."""
+    member = max(summary["members"], key=lambda m: m["weight"])
+    member_dir = files.dir / "final" / "members" / str(member["trial"])
+    if not all((member_dir / f"fold{k}.pt").is_file() for k in range(files.n_folds)):
+        return "the final members' fold models are not on disk"
+    missing = [p for p in files.index.paths if not os.path.isfile(p)]
+    if missing:
+        return (
+            f"{len(missing)} of the {len(files.index)} training images are no longer where "
+            f"the search found them (the first: {missing[0]})"
+        )
+    return None
+
+
 def _heat_maps(
     files: StudyFiles, summary: dict, rows: np.ndarray, classes: np.ndarray
-) -> np.ndarray | None:
+) -> np.ndarray:
     """Grad-CAM of each row's predicted class, by the heaviest member's model of its fold,
     resized to the gallery size."""
     import cv2
@@ -349,8 +379,6 @@ def _heat_maps(
 
     member = max(summary["members"], key=lambda m: m["weight"])
     member_dir = files.dir / "final" / "members" / str(member["trial"])
-    if not all((member_dir / f"fold{k}.pt").is_file() for k in range(files.n_folds)):
-        return None
     params = TrainParams.from_dict(member["params"])
     cache = build_cache(
         files.index.paths, size=files.space.max_image_size, cache_dir=files.dir / "cache"
