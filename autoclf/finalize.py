@@ -335,7 +335,8 @@ def _fold_oof(
     """OOF probabilities of every view, (views, images, classes), from retrained fold models."""
     member_dir = files.dir / "final" / "members" / str(number)
     oof_path = member_dir / f"oof_views{len(views)}.npy"
-    if oof_path.is_file():
+    folds = [weights.fold_weights(member_dir, k) for k in range(files.n_folds)]
+    if oof_path.is_file() and all(weights.is_finished(path) for path in folds):
         return np.load(oof_path)
     labels, n_classes = files.index.label_array, len(files.index.classes)
     preprocess = Preprocess(params.backbone, size=params.image_size, device=device)

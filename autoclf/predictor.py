@@ -110,6 +110,13 @@ class Predictor:
             )
             for m in self.manifest["members"]
         ]
+        missing = [w for m in self.members for w in m.weights if not w.is_file()]
+        if missing:
+            raise AutoclfError(
+                f"{len(missing)} model file(s) of the final ensemble are missing, the first "
+                f"{missing[0]}: run `autoclf finalize` with the same options again to retrain "
+                "them (the rest of its work is kept)"
+            )
         self.keep_models = keep_models
         self._models: dict[Path, torch.nn.Module] = {}
 

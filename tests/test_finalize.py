@@ -237,6 +237,28 @@ def test_interrupted_finalize_resumes_without_redoing_work(studies, monkeypatch)
     assert len(summary["members"]) == 2 and (studies / "s" / "final" / "manifest.json").is_file()
 
 
+def test_model_files_deleted_by_hand_are_retrained_not_a_crash(studies):
+    """To save disk, a user deleted the final models (and the search's) but kept the rest:
+    predicting says how to get them back, and finalize trains them again."""
+    from autoclf.errors import AutoclfError
+    from autoclf.predictor import Predictor
+
+    _finalize(studies, top_k=2, select="topk", tta="off", refit="folds")
+    weights = sorted((studies / "s").rglob("*.pt"))
+    final = studies / "s" / "final"
+    expected = sorted(final.rglob("*.pt"))
+    assert expected and all(p.with_suffix(".json").is_file() for p in expected)
+    for path in weights:
+        path.unlink()
+    with pytest.raises(
+        AutoclfError, match=r"missing, the first .*fold0\.pt: run `autoclf finalize"
+    ):
+        Predictor(final)
+    _, summary, manifest = _finalize(studies, top_k=2, select="topk", tta="off", refit="folds")
+    assert sorted(final.rglob("*.pt")) == expected
+    assert Predictor(final).predict(np.zeros((2, 16, 16, 3), np.uint8)).probs.shape == (2, 10)
+
+
 @pytest.mark.slow
 def test_finalize_cli_predicts_unlabelled_test_images_and_can_leave_out_a_broken_one(
     studies, tmp_path

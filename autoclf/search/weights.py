@@ -34,7 +34,9 @@ def save_weights(path: Path, state_dict: dict[str, torch.Tensor], *, kept_epoch:
 
 
 def is_finished(path: Path) -> bool:
-    return path.with_suffix(".json").is_file()
+    """The record and the weights both there. Weights deleted by hand (to save disk) leave a
+    record behind: such a model counts as unfinished, to be trained again."""
+    return path.with_suffix(".json").is_file() and path.is_file()
 
 
 def drop(trial_dir: Path) -> None:
