@@ -335,15 +335,15 @@ def _fold_oof(
     """OOF probabilities of every view, (views, images, classes), from retrained fold models."""
     member_dir = files.dir / "final" / "members" / str(number)
     oof_path = member_dir / f"oof_views{len(views)}.npy"
-    folds = [weights.fold_weights(member_dir, k) for k in range(files.n_folds)]
-    if oof_path.is_file() and all(weights.is_finished(path) for path in folds):
+    fold_paths = [weights.fold_weights(member_dir, k) for k in range(files.n_folds)]
+    if oof_path.is_file() and all(weights.is_finished(path) for path in fold_paths):
         return np.load(oof_path)
     labels, n_classes = files.index.label_array, len(files.index.classes)
     preprocess = Preprocess(params.backbone, size=params.image_size, device=device)
     oof = np.zeros((len(views), len(labels), n_classes), dtype=np.float32)
     for fold in range(files.n_folds):
         val_idx = np.flatnonzero(files.folds == fold)
-        weights_path = weights.fold_weights(member_dir, fold)
+        weights_path = fold_paths[fold]
         if not weights.is_finished(weights_path) and _from_search(
             weights.fold_weights(trial_dir_of(files.dir, number), fold), weights_path
         ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ import optuna
 import pytest
 
 from autoclf.config import FinalizeConfig, SearchConfig
+from autoclf.data.index import load_index, save_index
 from autoclf.finalize import finalize
 from autoclf.search.runner import prepare, run
 from tests.browser import render, screenshot
@@ -120,17 +122,12 @@ def test_report_after_the_images_moved_says_so_instead_of_crashing(finalized, tm
     section, and the galleries say which files they cannot read."""
     studies = tmp_path / "studies"
     shutil.copytree(finalized, studies)
-    index = studies / "s" / "index.csv"
-    rows = index.read_text().splitlines()
+    csv_path = studies / "s" / "index.csv"
+    index, folds = load_index(csv_path)
     gone = tmp_path / "moved-away"
-    header, body = rows[0], rows[1:]
-    column = header.split(",").index("path")
-    moved = []
-    for row in body:
-        cells = row.split(",")
-        cells[column] = str(gone / Path(cells[column]).name)
-        moved.append(",".join(cells))
-    index.write_text("\n".join([header, *moved]) + "\n")
+    moved = tuple(str(gone / Path(p).name) for p in index.paths)
+    save_index(dataclasses.replace(index, paths=moved), folds, csv_path)
+    n = len(moved)
 
     out = autoclf("report", "--study", "s", "--studies-dir", str(studies), cwd=tmp_path)
     assert out.returncode == 0, out.stderr + out.stdout
@@ -142,5 +139,5 @@ def test_report_after_the_images_moved_says_so_instead_of_crashing(finalized, tm
     shown = int(re.search(r"The (\d+) most confident wrong predictions", mistakes).group(1))
     assert shown > 0 and mistakes.count("cannot read ") == 2 * shown  # alt text and caption
     assert ">Grad-CAM<" not in mistakes
-    assert f"No Grad-CAM: {len(body)} of the {len(body)} training images are no longer" in html
+    assert f"No Grad-CAM: {n} of the {n} training images are no longer" in html
     assert str(gone) in html  # the first missing file, named

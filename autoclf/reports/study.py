@@ -266,8 +266,9 @@ def _mistakes(files: StudyFiles, summary: dict, oof: np.ndarray) -> str:
     if len(wrong) == 0:
         return "<h2>Worst mistakes</h2><p>The final model gets every image right out-of-fold.</p>"
     worst = wrong[np.argsort(-oof[wrong, predicted[wrong]], kind="stable")][:MISTAKES]
-    no_heat = _why_no_heat_maps(files, summary)
-    heat = None if no_heat else _heat_maps(files, summary, worst, predicted[worst])
+    member = max(summary["members"], key=lambda m: m["weight"])  # Grad-CAM's model
+    no_heat = _why_no_heat_maps(files, member)
+    heat = None if no_heat else _heat_maps(files, member, worst, predicted[worst])
     classes = files.index.classes
     tiles = []
     for k, i in enumerate(worst):
@@ -347,12 +348,17 @@ def _tile(picture: np.ndarray | None, caption: str, path: str) -> str:
     return tile(thumbnail(picture, size=SHOWN), caption, title=path)
 
 
-def _why_no_heat_maps(files: StudyFiles, summary: dict) -> str | None:
-    """Why Grad-CAM cannot run (it needs the fold models and every training image, as the
-    cache is keyed on them), or None."""
-    member = max(summary["members"], key=lambda m: m["weight"])
-    member_dir = files.dir / "final" / "members" / str(member["trial"])
-    if not all((member_dir / f"fold{k}.pt").is_file() for k in range(files.n_folds)):
+def _member_dir(files: StudyFiles, member: dict) -> Path:
+    return files.dir / "final" / "members" / str(member["trial"])
+
+
+def _why_no_heat_maps(files: StudyFiles, member: dict) -> str | None:
+    """Why Grad-CAM cannot run with ``member``'s fold models (it needs them and every
+    training image, as the cache is keyed on them), or None."""
+    from autoclf.search.weights import fold_weights
+
+    member_dir = _member_dir(files, member)
+    if not all(fold_weights(member_dir, k).is_file() for k in range(files.n_folds)):
         return "the final members' fold models are not on disk"
     missing = [p for p in files.index.paths if not os.path.isfile(p)]
     if missing:
@@ -364,10 +370,10 @@ def _why_no_heat_maps(files: StudyFiles, summary: dict) -> str | None:
 
 
 def _heat_maps(
-    files: StudyFiles, summary: dict, rows: np.ndarray, classes: np.ndarray
+    files: StudyFiles, member: dict, rows: np.ndarray, classes: np.ndarray
 ) -> np.ndarray:
-    """Grad-CAM of each row's predicted class, by the heaviest member's model of its fold,
-    resized to the gallery size."""
+    """Grad-CAM of each row's predicted class, by ``member``'s model of its fold, resized to
+    the gallery size."""
     import cv2
     import torch
 
@@ -376,9 +382,9 @@ def _heat_maps(
     from autoclf.inference import Preprocess
     from autoclf.models import load_trained
     from autoclf.reports.gradcam import grad_cam
+    from autoclf.search.weights import fold_weights
 
-    member = max(summary["members"], key=lambda m: m["weight"])
-    member_dir = files.dir / "final" / "members" / str(member["trial"])
+    member_dir = _member_dir(files, member)
     params = TrainParams.from_dict(member["params"])
     cache = build_cache(
         files.index.paths, size=files.space.max_image_size, cache_dir=files.dir / "cache"
@@ -389,7 +395,7 @@ def _heat_maps(
     for fold in np.unique(files.folds[rows]):
         model = load_trained(
             params,
-            member_dir / f"fold{fold}.pt",
+            fold_weights(member_dir, fold),
             num_classes=len(files.index.classes),
             device=device,
         )
