@@ -42,7 +42,7 @@ from autoclf.search import record, weights
 from autoclf.search.objective import fit_fold, trial_dir_of, trial_seed
 from autoclf.search.record import best_first
 from autoclf.study import StudyFiles, load_study, open_study_dir
-from autoclf.trainer import resolve_device
+from autoclf.trainer import FitResult, is_out_of_memory, release_memory, resolve_device
 
 TTA_PREFIXES = (2, 4, 8)  # the view counts --tta auto tries against the identity alone
 StepFn = Callable[[str], None]
@@ -58,7 +58,7 @@ class MemberReport:
     oof_tta: float  # OOF score with the views kept
     views: list[str]
     refit_epochs: int | None = None
-    # The micro-batch the search fell back to after running out of memory, used again here.
+    # The micro-batch the search (or finalize) fell back to after running out of memory.
     micro_batch: int | None = None
 
 
@@ -107,7 +107,9 @@ def finalize(config: FinalizeConfig, *, on_step: StepFn = lambda _: None) -> Fin
     ]
     voted = _vote(scored, files.index.label_array, metric, config)
     for member in voted.members:
-        member.refit_epochs = _refit(member, files, cache.images, features, device, config, on_step)
+        member.refit_epochs, member.micro_batch = _refit(
+            member, files, cache.images, features, device, config, on_step
+        )
     result = FinalResult(
         final_dir=final_dir,
         metric=metric.name,
@@ -188,7 +190,7 @@ def _member_oof(
     if params.kind == "head":  # a head trained on these views' features and no others
         views = tuple(v for v in views if v in feature_views(params.hflip))
     micro_batch = trial.user_attrs.get(record.MICRO_BATCH)
-    oof_views = _fold_oof(
+    oof_views, micro_batch = _fold_oof(
         trial.number, params, micro_batch, files, images, features, views, device, config, on_step
     )
     n_kept = _choose_views(config.tta, oof_views, labels, metric)
@@ -331,13 +333,14 @@ def _fold_oof(
     device: torch.device,
     config: FinalizeConfig,
     on_step: StepFn,
-) -> np.ndarray:
-    """OOF probabilities of every view, (views, images, classes), from retrained fold models."""
+) -> tuple[np.ndarray, int | None]:
+    """OOF probabilities of every view, (views, images, classes), from retrained fold models,
+    and the micro-batch they trained at."""
     member_dir = files.dir / "final" / "members" / str(number)
     oof_path = member_dir / f"oof_views{len(views)}.npy"
     fold_paths = [weights.fold_weights(member_dir, k) for k in range(files.n_folds)]
     if oof_path.is_file() and all(weights.is_finished(path) for path in fold_paths):
-        return np.load(oof_path)
+        return np.load(oof_path), micro_batch
     labels, n_classes = files.index.label_array, len(files.index.classes)
     preprocess = Preprocess(params.backbone, size=params.image_size, device=device)
     oof = np.zeros((len(views), len(labels), n_classes), dtype=np.float32)
@@ -349,8 +352,11 @@ def _fold_oof(
         ):
             on_step(f"trial {number}: fold {fold + 1}/{files.n_folds} as the search trained it")
         if not weights.is_finished(weights_path):
-            result = fit_fold(
+            result, micro_batch = _fit(
                 params,
+                micro_batch,
+                f"trial {number}: fold {fold + 1}/{files.n_folds}",
+                on_step,
                 features=features,
                 images=images,
                 labels=labels,
@@ -361,7 +367,6 @@ def _fold_oof(
                 seed=trial_seed(files.config.seed, number, fold),
                 device=device,
                 loader_workers=config.loader_workers,
-                micro_batch=micro_batch,
                 keep_weights=True,
             )
             weights.save_weights(weights_path, result.state_dict, kept_epoch=result.kept_epoch)
@@ -379,7 +384,32 @@ def _fold_oof(
             amp=params.amp,
         )
     atomic.save_npy(oof_path, oof)
-    return oof
+    return oof, micro_batch
+
+
+def _fit(
+    params: TrainParams, micro_batch: int | None, what: str, on_step: StepFn, **kwargs
+) -> tuple[FitResult, int | None]:
+    """:func:`fit_fold`, once more at half the micro-batch if memory runs out (on a device that
+    another job now shares, say); the result and the micro-batch it fit at."""
+    retried = False
+    while True:
+        try:
+            return fit_fold(params, micro_batch=micro_batch, **kwargs), micro_batch
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            oom = str(exc).splitlines()[0] if str(exc) else "out of memory"
+        release_memory(kwargs["device"])  # outside the except block, as the search does
+        tried = micro_batch or params.batch_size
+        if retried or tried < 2:
+            raise AutoclfError(
+                f"{what}: out of memory at micro-batch {tried} (batch {params.batch_size}): "
+                f"{oom}. What finalize finished is kept: free the device and run it again, or "
+                "run it with --device cpu"
+            )
+        micro_batch, retried = tried // 2, True
+        on_step(f"{what}: {oom}; again with micro-batch {micro_batch}")
 
 
 def _choose_views(tta: str, oof_views: np.ndarray, labels: np.ndarray, metric: Metric) -> int:
@@ -418,10 +448,11 @@ def _refit(
     device: torch.device,
     config: FinalizeConfig,
     on_step: StepFn,
-) -> int | None:
-    """Train the member on every image for as many epochs as its folds settled on."""
+) -> tuple[int | None, int | None]:
+    """Train the member on every image for as many epochs as its folds settled on; the epochs
+    and the micro-batch it trained at."""
     if config.refit == "folds":
-        return None
+        return None, member.micro_batch
     member_dir = files.dir / "final" / "members" / str(member.trial)
     folds = [
         json.loads(weights.fold_weights(member_dir, k).with_suffix(".json").read_text())
@@ -432,10 +463,13 @@ def _refit(
     epochs = max(1, round(float(np.mean(kept_epochs))))
     weights_path = member_dir / "full.pt"
     if weights.is_finished(weights_path):
-        return epochs
+        return epochs, member.micro_batch
     params = dataclasses.replace(TrainParams.from_dict(member.params), epochs=epochs, patience=0)
-    result = fit_fold(
+    result, micro_batch = _fit(
         params,
+        member.micro_batch,
+        f"trial {member.trial}: the model on every image",
+        on_step,
         features=features,
         images=images,
         labels=files.index.label_array,
@@ -446,12 +480,11 @@ def _refit(
         seed=trial_seed(files.config.seed, member.trial, files.n_folds),
         device=device,
         loader_workers=config.loader_workers,
-        micro_batch=member.micro_batch,
         keep_weights=True,
     )
     weights.save_weights(weights_path, result.state_dict, kept_epoch=epochs)
     on_step(f"trial {member.trial}: retrained on all {len(files.index)} images for {epochs} epochs")
-    return epochs
+    return epochs, micro_batch
 
 
 def _from_search(kept: Path, target: Path) -> bool:

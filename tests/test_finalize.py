@@ -368,7 +368,8 @@ def test_a_single_member_that_beats_the_ensemble_is_the_final_model(studies, mon
     wrong = np.eye(10, dtype=np.float32)[(labels + 1) % 10][None]
 
     def crafted_oof(number, *args, **kwargs):
-        return perfect if number == 0 else wrong  # trial 0 is right everywhere, the rest never
+        # trial 0 is right everywhere, the rest never; no micro-batch fallback
+        return (perfect if number == 0 else wrong), None
 
     monkeypatch.setattr(fin, "_fold_oof", crafted_oof)
     result, summary, manifest = _finalize(

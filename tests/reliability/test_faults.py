@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 import autoclf.trainer
 from autoclf.config import FinalizeConfig, SearchConfig
+from autoclf.errors import AutoclfError
 from autoclf.finalize import finalize
 from autoclf.search.runner import SearchFailedError, prepare, run
 
@@ -148,6 +149,35 @@ def test_finalize_retrains_at_the_micro_batch_the_search_fell_back_to(config, fa
     assert len(refs) - searched == 3  # 2 folds and the refit on every image, each fitting
     summary = json.loads((result.final_dir / "summary.json").read_text())
     assert summary["members"][0]["micro_batch"] == 32
+
+
+def test_finalize_falls_back_to_half_micro_batch_when_its_own_training_runs_out(config, faulty):
+    """The search fit at the full batch; finalize's device has less room now (another job)."""
+    run(prepare(SearchConfig(**{**config.to_dict(), "keep_weights": 0})))
+    _, refs = faulty(oom_above=40)
+    steps: list[str] = []
+    result = finalize(
+        FinalizeConfig(study="f", studies_dir=config.studies_dir, tta="off"), on_step=steps.append
+    )
+    (member,) = result.members
+    assert member.micro_batch == 32 and member.refit_epochs is not None
+    # Fold 1 out of memory, then at 32: fold 1 again, fold 2 and the refit, no more retries.
+    assert len(refs) == 4
+    assert sum("again with micro-batch 32" in step for step in steps) == 1
+    summary = json.loads((result.final_dir / "summary.json").read_text())
+    assert summary["members"][0]["micro_batch"] == 32
+
+
+def test_finalize_still_out_of_memory_names_the_trial_and_resumes(config, faulty, monkeypatch):
+    run(prepare(SearchConfig(**{**config.to_dict(), "keep_weights": 0})))
+    real = autoclf.trainer.create_model
+    faulty(oom_above=10)
+    final = FinalizeConfig(study="f", studies_dir=config.studies_dir, tta="off")
+    with pytest.raises(AutoclfError, match=r"trial 0: fold 1/2: out of memory at micro-batch 32 "):
+        finalize(final)
+    monkeypatch.setattr(autoclf.trainer, "create_model", real)  # the device is free again
+    (member,) = finalize(final).members
+    assert member.micro_batch is None and member.refit_epochs is not None
 
 
 def test_still_out_of_memory_at_half_micro_batch_prunes_with_reason_oom(config, faulty):
