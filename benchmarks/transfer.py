@@ -31,6 +31,7 @@ again; ``--fresh`` starts over.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shutil
@@ -113,9 +114,14 @@ def linear_probe(seed: int) -> dict:
     val_paths, val_y, _ = photos("val")
     start = time.perf_counter()
     xtr, xva = features(train_paths), features(val_paths)
-    clf = make_pipeline(
-        StandardScaler(), LogisticRegressionCV(Cs=10, cv=5, max_iter=5000, random_state=seed)
+    # scikit-learn 1.9's defaults, spelled out: they change in 1.10 and 1.11, with a warning each
+    new_defaults = {"l1_ratios": (0.0,), "use_legacy_attributes": False}
+    if "use_legacy_attributes" not in inspect.signature(LogisticRegressionCV).parameters:
+        new_defaults = {}  # before 1.9
+    probe = LogisticRegressionCV(
+        Cs=10, cv=5, max_iter=5000, random_state=seed, scoring="accuracy", **new_defaults
     )
+    clf = make_pipeline(StandardScaler(), probe)
     clf.fit(xtr, train_y)
     acc = float((clf.predict(xva) == val_y).mean())
     return {"test_accuracy": acc, "seconds": time.perf_counter() - start}
@@ -239,11 +245,12 @@ def autoclf_search(
 
 def refit_folds(seed: int, work: Path) -> dict | None:
     """(c)'s study finalized again with ``--refit folds``: each member's K fold models averaged
-    instead of one model retrained on all photos; the same members, views and votes. None when
-    the study's model files are gone. It replaces the study's ``final/``; the ``--refit full``
-    result stays in ``c-<seed>.json``."""
+    instead of one model retrained on all photos; the same members, views and votes (fold
+    models deleted since are trained again, with the search's seeds). None without the study.
+    It replaces the study's ``final/``; the ``--refit full`` result stays in ``c-<seed>.json``.
+    """
     studies, study = work / f"studies-{seed}", f"hymenoptera-cpu-{seed}"
-    if not list((studies / study).glob("trials/*/fold*.pt")):  # deleted to save disk
+    if not (studies / study / "study.db").is_file():
         return None
     exe = str(Path(sys.executable).parent / "autoclf")
     start = time.perf_counter()
