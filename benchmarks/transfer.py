@@ -10,7 +10,8 @@ For each seed:
   5e-5, head 3e-3), batch 32, 5 epochs, cosine, label smoothing 0.1, BatchNorm in eval mode,
   random-resized crops (scale 0.6-1) and flips, torchvision's transforms;
 - **(c) autoclf**: ``autoclf search TRAIN --space cpu --trials N --timeout T`` then
-  ``autoclf finalize --test VAL``, the commands a user runs, each given its wall time.
+  ``autoclf finalize --test VAL``, the commands a user runs, each given its wall time; then
+  the same study finalized again with ``--refit folds``, paired with it (``refit_folds``);
 - **(d) autoclf, head-only**: the same with ``--space cpu-head --trials 50 --workers 2`` (no
   timeout): linear heads on cached frozen features, features computed in the search;
 - **(e) autoclf, mixed**: the same as (c) with ``--space cpu-mixed``: head-only and fine-tune
