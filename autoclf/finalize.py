@@ -39,10 +39,10 @@ from autoclf.metrics import Metric, get_metric
 from autoclf.models import load_trained
 from autoclf.predict import Images, PredictResult, load_images, predict, write_predictions
 from autoclf.search import record, weights
-from autoclf.search.objective import fit_fold, trial_dir_of, trial_seed
+from autoclf.search.objective import fit_fold_or_oom, trial_dir_of, trial_seed
 from autoclf.search.record import best_first
 from autoclf.study import StudyFiles, load_study, open_study_dir
-from autoclf.trainer import FitResult, is_out_of_memory, release_memory, resolve_device
+from autoclf.trainer import FitResult, resolve_device
 
 TTA_PREFIXES = (2, 4, 8)  # the view counts --tta auto tries against the identity alone
 StepFn = Callable[[str], None]
@@ -393,23 +393,17 @@ def _fit(
     """:func:`fit_fold`, once more at half the micro-batch if memory runs out (on a device that
     another job now shares, say); the result and the micro-batch it fit at."""
     retried = False
-    while True:
-        try:
-            return fit_fold(params, micro_batch=micro_batch, **kwargs), micro_batch
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            oom = str(exc).splitlines()[0] if str(exc) else "out of memory"
-        release_memory(kwargs["device"])  # outside the except block, as the search does
+    while isinstance(result := fit_fold_or_oom(params, micro_batch=micro_batch, **kwargs), str):
         tried = micro_batch or params.batch_size
         if retried or tried < 2:
             raise AutoclfError(
                 f"{what}: out of memory at micro-batch {tried} (batch {params.batch_size}): "
-                f"{oom}. What finalize finished is kept: free the device and run it again, or "
-                "run it with --device cpu"
+                f"{result}. What finalize finished is kept: free the device and run it again, "
+                "or run it with --device cpu"
             )
         micro_batch, retried = tried // 2, True
-        on_step(f"{what}: {oom}; again with micro-batch {micro_batch}")
+        on_step(f"{what}: {result}; again with micro-batch {micro_batch}")
+    return result, micro_batch
 
 
 def _choose_views(tta: str, oof_views: np.ndarray, labels: np.ndarray, metric: Metric) -> int:

@@ -136,11 +136,11 @@ def test_member_oof_reproduces_the_search(studies):
 
 
 def test_fold_models_the_search_kept_are_used_and_match_a_retrain(studies, monkeypatch):
-    import autoclf.finalize as fin
+    import autoclf.search.objective as objective  # finalize trains through it
 
-    real_fit, calls = fin.fit_fold, []
+    real_fit, calls = objective.fit_fold, []
     monkeypatch.setattr(
-        fin, "fit_fold", lambda *a, **k: (calls.append(k["seed"]), real_fit(*a, **k))[1]
+        objective, "fit_fold", lambda *a, **k: (calls.append(k["seed"]), real_fit(*a, **k))[1]
     )
     steps: list[str] = []
     options = FinalizeConfig(
@@ -203,9 +203,9 @@ def test_auto_vote_picks_the_better_on_oof(studies):
 
 
 def test_interrupted_finalize_resumes_without_redoing_work(studies, monkeypatch):
-    import autoclf.finalize as fin
+    import autoclf.search.objective as objective  # finalize trains through it
 
-    real_fit, calls = fin.fit_fold, []
+    real_fit, calls = objective.fit_fold, []
 
     def dying_fit(*args, **kwargs):
         calls.append(kwargs["seed"])
@@ -213,7 +213,7 @@ def test_interrupted_finalize_resumes_without_redoing_work(studies, monkeypatch)
             raise KeyboardInterrupt  # as if Ctrl-C arrived during the third training run
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(fin, "fit_fold", dying_fit)
+    monkeypatch.setattr(objective, "fit_fold", dying_fit)
     for path in (studies / "s" / "trials").glob("*/fold*"):
         path.unlink()  # as a search with --keep-weights 0 leaves it: every fold is trained
     with pytest.raises(KeyboardInterrupt):
@@ -228,7 +228,7 @@ def test_interrupted_finalize_resumes_without_redoing_work(studies, monkeypatch)
 
     calls.clear()
     monkeypatch.setattr(
-        fin, "fit_fold", lambda *a, **k: (calls.append(k["seed"]), real_fit(*a, **k))[1]
+        objective, "fit_fold", lambda *a, **k: (calls.append(k["seed"]), real_fit(*a, **k))[1]
     )
     _, summary, _ = _finalize(studies, top_k=2, select="topk", tta="off")
     assert {p: p.stat().st_mtime_ns for p in done} == stamps  # finished work was not redone

@@ -171,34 +171,28 @@ class Objective:
 
                 val_idx = np.flatnonzero(self.folds == fold)
                 while True:
-                    try:
-                        result = fit_fold(
-                            params,
-                            features=self.features,
-                            log=log,
-                            images=self.images,
-                            labels=self.labels,
-                            train_idx=np.flatnonzero(self.folds != fold),
-                            val_idx=val_idx,
-                            num_classes=self.num_classes,
-                            metric=self.metric,
-                            seed=trial_seed(self.seed, trial.number, fold),
-                            device=self.device,
-                            loader_workers=self.loader_workers,
-                            micro_batch=micro_batch,
-                            on_epoch=on_epoch,
-                            # A head refits from the features in a second: writing a
-                            # whole body per fold would cost more than finalize refitting it.
-                            keep_weights=self.keep_weights > 0 and params.kind != "head",
-                        )
+                    result = fit_fold_or_oom(
+                        params,
+                        features=self.features,
+                        log=log,
+                        images=self.images,
+                        labels=self.labels,
+                        train_idx=np.flatnonzero(self.folds != fold),
+                        val_idx=val_idx,
+                        num_classes=self.num_classes,
+                        metric=self.metric,
+                        seed=trial_seed(self.seed, trial.number, fold),
+                        device=self.device,
+                        loader_workers=self.loader_workers,
+                        micro_batch=micro_batch,
+                        on_epoch=on_epoch,
+                        # A head refits from the features in a second: writing a
+                        # whole body per fold would cost more than finalize refitting it.
+                        keep_weights=self.keep_weights > 0 and params.kind != "head",
+                    )
+                    if not isinstance(result, str):
                         break
-                    except Exception as exc:
-                        if not is_out_of_memory(exc):
-                            raise
-                        oom = str(exc).splitlines()[0] if str(exc) else "out of memory"
-                    # Outside the except block: the traceback, and the tensors its frames
-                    # hold, are gone before the memory is handed back.
-                    release_memory(self.device)
+                    oom = result
                     tried = micro_batch or params.batch_size
                     if micro_batch is not None or tried < 2:
                         raise OutOfMemoryPruned(
@@ -286,6 +280,22 @@ def fit_fold(
             seed=kwargs["seed"],
         )
     return fit(params, head=head, **kwargs)
+
+
+def fit_fold_or_oom(params: TrainParams, **kwargs) -> FitResult | str:
+    """:func:`fit_fold`, or where memory ran out (:func:`is_out_of_memory`), the error's first
+    line, with the memory handed back: the caller decides whether a smaller micro-batch is worth
+    a try. Any other error propagates. ``kwargs`` are :func:`fit_fold`'s, ``device`` among them."""
+    try:
+        return fit_fold(params, **kwargs)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        oom = str(exc).splitlines()[0] if str(exc) else "out of memory"
+    # Outside the except block: the traceback, and the tensors its frames hold, are gone
+    # before the memory is handed back.
+    release_memory(kwargs["device"])
+    return oom
 
 
 def trial_dir_of(study_dir: Path, number: int) -> Path:
