@@ -146,7 +146,7 @@ class FinalizeConfig:
     select: Select = "greedy"  # greedy (Caruana, with replacement) | topk
     vote: Vote = "auto"  # soft | hard | auto (the better on OOF)
     tta: Tta = "auto"  # auto | off | a number of views
-    refit: Refit = "full"  # full (retrain on all data) | folds (keep the K fold models)
+    refit: Refit = "folds"  # folds (keep the K fold models) | full (retrain on all data)
     test: str | None = None
     skip_bad_images: bool = False  # leave out test images that cannot be decoded
     device: str = "auto"

@@ -6,7 +6,8 @@
              every TTA view: OOF probabilities per view
 3. TTA       per member, keep the views only where they improve its OOF score
 4. vote      soft or hard, whichever scores better on OOF (or as asked)
-5. refit     retrain each member on all images (``full``) or keep its fold models (``folds``)
+5. refit     keep each member's K fold models (``folds``, the default) or retrain it on all
+             images (``full``)
 6. save      weights and manifest.json (all ``predict`` needs), summary.json, the final
              model's OOF probabilities (oof.npy); with a test set, predictions.csv and test metrics
 
@@ -443,8 +444,8 @@ def _refit(
     config: FinalizeConfig,
     on_step: StepFn,
 ) -> tuple[int | None, int | None]:
-    """Train the member on every image for as many epochs as its folds settled on; the epochs
-    and the micro-batch it trained at."""
+    """With ``--refit full``, train the member on every image for as many epochs as its folds
+    settled on; the epochs (None: its fold models are the member) and the micro-batch."""
     if config.refit == "folds":
         return None, member.micro_batch
     member_dir = files.dir / "final" / "members" / str(member.trial)

@@ -202,6 +202,25 @@ def test_auto_vote_picks_the_better_on_oof(studies):
         assert result.vote == "soft" and summary["oof"]["ensemble"] >= best  # ties: log loss
 
 
+def test_by_default_the_fold_models_the_oof_scored_are_the_model(studies, monkeypatch):
+    """--refit folds is the default: each member is the K fold models whose out-of-fold
+    predictions chose and scored it, averaged; with the folds the search kept, nothing trains."""
+    import autoclf.search.objective as objective  # finalize trains through it
+
+    calls = []
+    real_fit = objective.fit_fold
+    monkeypatch.setattr(
+        objective, "fit_fold", lambda *a, **k: (calls.append(k["seed"]), real_fit(*a, **k))[1]
+    )
+    result, summary, manifest = _finalize(studies, top_k=2, select="topk", tta="off")
+    assert calls == []
+    assert manifest["refit"] == "folds" and summary["options"]["refit"] == "folds"
+    for member in manifest["members"]:
+        assert member["weights"] == [f"members/{member['trial']}/fold{k}.pt" for k in range(2)]
+    assert not list((studies / "s" / "final").rglob("full.pt"))
+    assert all(m.refit_epochs is None for m in result.members)
+
+
 def test_interrupted_finalize_resumes_without_redoing_work(studies, monkeypatch):
     import autoclf.search.objective as objective  # finalize trains through it
 
@@ -217,7 +236,7 @@ def test_interrupted_finalize_resumes_without_redoing_work(studies, monkeypatch)
     for path in (studies / "s" / "trials").glob("*/fold*"):
         path.unlink()  # as a search with --keep-weights 0 leaves it: every fold is trained
     with pytest.raises(KeyboardInterrupt):
-        _finalize(studies, top_k=2, select="topk", tta="off")
+        _finalize(studies, top_k=2, select="topk", tta="off", refit="full")
     members_dir = studies / "s" / "final" / "members"
     done = sorted(members_dir.rglob("*.pt"))
     assert len(done) == 2
@@ -230,7 +249,7 @@ def test_interrupted_finalize_resumes_without_redoing_work(studies, monkeypatch)
     monkeypatch.setattr(
         objective, "fit_fold", lambda *a, **k: (calls.append(k["seed"]), real_fit(*a, **k))[1]
     )
-    _, summary, _ = _finalize(studies, top_k=2, select="topk", tta="off")
+    _, summary, _ = _finalize(studies, top_k=2, select="topk", tta="off", refit="full")
     assert {p: p.stat().st_mtime_ns for p in done} == stamps  # finished work was not redone
     # 2 members x (2 folds + 1 full refit) = 6 runs in all; 2 were done before the interrupt.
     assert len(calls) == 6 - 2
@@ -388,7 +407,7 @@ def test_a_member_that_keeps_last_epochs_and_never_flipped(tmp_path):
     (trial,) = _search(tmp_path, space, [{"backbone": "test_resnet", "lr": 0.01}]).trials
     assert trial.user_attrs["fold_kept_epochs"] == [3, 3]
 
-    _, summary, _ = _finalize(tmp_path / "studies", top_k=1, tta="auto")
+    _, summary, _ = _finalize(tmp_path / "studies", top_k=1, tta="auto", refit="full")
     (member,) = summary["members"]
     assert member["refit_epochs"] == 3
     no_flip = [v.name for v in views_for(False)]

@@ -143,7 +143,9 @@ def test_finalize_retrains_at_the_micro_batch_the_search_fell_back_to(config, fa
     _, refs = faulty(oom_above=40)
     run(prepare(SearchConfig(**{**config.to_dict(), "keep_weights": 0})))
     searched = len(refs)
-    result = finalize(FinalizeConfig(study="f", studies_dir=config.studies_dir, tta="off"))
+    result = finalize(
+        FinalizeConfig(study="f", studies_dir=config.studies_dir, tta="off", refit="full")
+    )
     (member,) = result.members
     assert member.micro_batch == 32 and member.refit_epochs is not None
     assert len(refs) - searched == 3  # 2 folds and the refit on every image, each fitting
@@ -157,7 +159,8 @@ def test_finalize_falls_back_to_half_micro_batch_when_its_own_training_runs_out(
     _, refs = faulty(oom_above=40)
     steps: list[str] = []
     result = finalize(
-        FinalizeConfig(study="f", studies_dir=config.studies_dir, tta="off"), on_step=steps.append
+        FinalizeConfig(study="f", studies_dir=config.studies_dir, tta="off", refit="full"),
+        on_step=steps.append,
     )
     (member,) = result.members
     assert member.micro_batch == 32 and member.refit_epochs is not None
@@ -172,7 +175,7 @@ def test_finalize_still_out_of_memory_names_the_trial_and_resumes(config, faulty
     run(prepare(SearchConfig(**{**config.to_dict(), "keep_weights": 0})))
     real = autoclf.trainer.create_model
     faulty(oom_above=10)
-    final = FinalizeConfig(study="f", studies_dir=config.studies_dir, tta="off")
+    final = FinalizeConfig(study="f", studies_dir=config.studies_dir, tta="off", refit="full")
     with pytest.raises(AutoclfError, match=r"trial 0: fold 1/2: out of memory at micro-batch 32 "):
         finalize(final)
     monkeypatch.setattr(autoclf.trainer, "create_model", real)  # the device is free again
