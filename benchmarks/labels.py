@@ -8,7 +8,7 @@ Configurations:
 - ``test``: what ``tests/test_labels.py`` runs, so its floors can be read off this table: two
   enqueued trials of timm's test models (2 epochs, 16 px, 2 folds), finalized with the two.
 - ``tiny``: the README's first command on this data: ``--space tiny --trials 6`` (5 folds),
-  finalized with the defaults but `--refit folds` (the OOF predictions, all the check reads,
+  finalized with the defaults (`--refit folds`; the OOF predictions, all the check reads,
   do not depend on the refit).
 Each seed flips other images and seeds the search differently.
 """

@@ -1,6 +1,6 @@
-"""Retrain each member on every image, or keep its fold models? ``finalize --refit full`` (the
-default) against ``--refit folds`` (what ``search_quality.py`` finalizes with), on the studies
-``search_quality.py`` left under ``--work``.
+"""Retrain each member on every image, or keep its fold models? ``finalize --refit full``
+against ``--refit folds`` (the default, and what ``search_quality.py`` finalizes with), on the
+studies ``search_quality.py`` left under ``--work``.
 
 Each study is copied into a scratch folder, so the records and the benchmark's own ``final/``
 are left as they were, and finalized again with ``--refit full`` and the same other options.
