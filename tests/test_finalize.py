@@ -16,10 +16,12 @@ from autoclf.config import FinalizeConfig
 from autoclf.finalize import finalize
 from autoclf.inference import views_for
 from autoclf.metrics import get_metric
+from autoclf.search import objective
 from tests.studies import SPACE
 from tests.studies import search_digits as _search
 
 ACC = get_metric("accuracy")
+REAL_FIT = objective.fit_fold
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +56,21 @@ def _finalize(studies: Path, **options) -> tuple:
         json.loads((final / "summary.json").read_text()),
         json.loads((final / "manifest.json").read_text()),
     )
+
+
+def _count_fits(monkeypatch, *, die_at: int | None = None) -> list[int]:
+    """Record the seed of every model finalize trains (it trains through
+    ``objective.fit_fold``); with ``die_at``, Ctrl-C arrives during that training run."""
+    seeds: list[int] = []
+
+    def counted(*args, **kwargs):
+        seeds.append(kwargs["seed"])
+        if len(seeds) == die_at:
+            raise KeyboardInterrupt
+        return REAL_FIT(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "fit_fold", counted)
+    return seeds
 
 
 def test_outputs_scores_and_test_predictions(studies):
@@ -136,12 +153,7 @@ def test_member_oof_reproduces_the_search(studies):
 
 
 def test_fold_models_the_search_kept_are_used_and_match_a_retrain(studies, monkeypatch):
-    import autoclf.search.objective as objective  # finalize trains through it
-
-    real_fit, calls = objective.fit_fold, []
-    monkeypatch.setattr(
-        objective, "fit_fold", lambda *a, **k: (calls.append(k["seed"]), real_fit(*a, **k))[1]
-    )
+    calls = _count_fits(monkeypatch)
     steps: list[str] = []
     options = FinalizeConfig(
         study="s", studies_dir=str(studies), top_k=3, select="topk", tta="2", refit="folds"
@@ -205,13 +217,7 @@ def test_auto_vote_picks_the_better_on_oof(studies):
 def test_by_default_the_fold_models_the_oof_scored_are_the_model(studies, monkeypatch):
     """--refit folds is the default: each member is the K fold models whose out-of-fold
     predictions chose and scored it, averaged; with the folds the search kept, nothing trains."""
-    import autoclf.search.objective as objective  # finalize trains through it
-
-    calls = []
-    real_fit = objective.fit_fold
-    monkeypatch.setattr(
-        objective, "fit_fold", lambda *a, **k: (calls.append(k["seed"]), real_fit(*a, **k))[1]
-    )
+    calls = _count_fits(monkeypatch)
     result, summary, manifest = _finalize(studies, top_k=2, select="topk", tta="off")
     assert calls == []
     assert manifest["refit"] == "folds" and summary["options"]["refit"] == "folds"
@@ -222,17 +228,7 @@ def test_by_default_the_fold_models_the_oof_scored_are_the_model(studies, monkey
 
 
 def test_interrupted_finalize_resumes_without_redoing_work(studies, monkeypatch):
-    import autoclf.search.objective as objective  # finalize trains through it
-
-    real_fit, calls = objective.fit_fold, []
-
-    def dying_fit(*args, **kwargs):
-        calls.append(kwargs["seed"])
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # as if Ctrl-C arrived during the third training run
-        return real_fit(*args, **kwargs)
-
-    monkeypatch.setattr(objective, "fit_fold", dying_fit)
+    _count_fits(monkeypatch, die_at=3)  # Ctrl-C during the third training run
     for path in (studies / "s" / "trials").glob("*/fold*"):
         path.unlink()  # as a search with --keep-weights 0 leaves it: every fold is trained
     with pytest.raises(KeyboardInterrupt):
@@ -245,10 +241,7 @@ def test_interrupted_finalize_resumes_without_redoing_work(studies, monkeypatch)
         kept = json.loads(record.read_text())["kept_epoch"]
         record.write_text(json.dumps({"best_epoch": kept}))
 
-    calls.clear()
-    monkeypatch.setattr(
-        objective, "fit_fold", lambda *a, **k: (calls.append(k["seed"]), real_fit(*a, **k))[1]
-    )
+    calls = _count_fits(monkeypatch)
     _, summary, _ = _finalize(studies, top_k=2, select="topk", tta="off", refit="full")
     assert {p: p.stat().st_mtime_ns for p in done} == stamps  # finished work was not redone
     # 2 members x (2 folds + 1 full refit) = 6 runs in all; 2 were done before the interrupt.
