@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=_positive_float,
         default=None,
-        help="stop starting trials after this many seconds",
+        help="stop starting trials after this many seconds (running ones finish)",
     )
     search.add_argument(
         "--epoch-budget",
