@@ -67,11 +67,10 @@ def rank_key(metric: Metric, labels: np.ndarray, probs: np.ndarray) -> tuple[flo
 def select_top_k(
     candidates: Sequence[np.ndarray], labels: np.ndarray, *, metric: Metric, k: int
 ) -> Selection:
-    """The ``k`` candidates that score best on their own, equally weighted."""
-    order = sorted(
-        range(len(candidates)), key=lambda i: rank_key(metric, labels, candidates[i]), reverse=True
-    )
-    members = tuple(order[:k])
+    """The first ``k`` candidates, equally weighted. Candidates come best first: finalize
+    passes a study's trials in :func:`~autoclf.search.record.ranking` order, the order in which
+    the search kept their fold models."""
+    members = tuple(range(min(k, len(candidates))))
     score = metric(labels, soft_vote([candidates[i] for i in members]))
     return Selection(members, tuple([1.0 / len(members)] * len(members)), (score,))
 

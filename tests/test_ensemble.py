@@ -52,6 +52,8 @@ def test_greedy_lets_a_weaker_but_different_model_in():
     assert list(selection.history) == sorted(selection.history)
     # Plain top-k takes the clone, which adds nothing.
     assert select_top_k([best, clone, different], labels, metric=ACC, k=2).members == (0, 1)
+    # It takes the first k in the order given (the study's ranking), not its own re-ranking.
+    assert select_top_k([different, clone, best], labels, metric=ACC, k=2).members == (0, 1)
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -237,12 +237,15 @@ class Objective:
         trial.set_user_attr(record.OOF_PATH, str(oof_path.relative_to(self.study_dir)))
         value = float(np.mean(scores))
         trial.set_user_attr(record.CV_STD, float(np.std(scores)))
+        log_loss = float(get_metric("log_loss")(self.labels, oof))
+        trial.set_user_attr(record.OOF_LOG_LOSS, log_loss)
         weights.keep_best(
             trial.study,
             self.study_dir / "trials",
             keep=self.keep_weights,
             number=trial.number,
             value=value,
+            log_loss=log_loss,
         )
         return value
 

@@ -7,6 +7,7 @@ Every module that writes or reads a trial's attributes names them from here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ FOLD_KEPT_EPOCHS = "fold_kept_epochs"  # the epoch whose weights each fold kept
 FOLD_SCORES = "fold_scores"  # one per finished fold; grows as the folds end
 LOG_PATH = "log_path"  # the trial's log, relative to the study folder
 MICRO_BATCH = "micro_batch"  # after an out-of-memory retry
+OOF_LOG_LOSS = "oof_log_loss"  # of the out-of-fold probabilities: breaks ties of the CV score
 OOF_PATH = "oof_path"  # the out-of-fold probabilities, relative to the study folder
 PRUNED_REASON = "pruned_reason"
 RETRY_OF = "retry_of"  # the number of the trial this one runs again
@@ -88,16 +90,23 @@ def by_setting(params: dict[str, Any]) -> dict[str, Any]:
     return {name.split(".")[-1]: value for name, value in params.items()}
 
 
-def ranking(value: float, number: int, maximize: bool) -> tuple[float, int]:
-    """The sort key of a complete trial, best first; ties go to the earlier trial. The
-    leaderboards, finalize's top-k and the fold weights the search keeps all rank by it."""
-    return (-value if maximize else value, number)
+def ranking(
+    value: float, number: int, maximize: bool, log_loss: float | None = None
+) -> tuple[float, float, int]:
+    """The sort key of a complete trial, best first: its CV score; on a tie (accuracy moves in
+    steps of one image), the lower log loss of its out-of-fold probabilities (trials from
+    before autoclf recorded it come after); then the earlier trial. The leaderboards,
+    finalize's top-k and the fold weights the search keeps all rank by it, so ``--select topk``
+    takes the trials whose fold models the search kept."""
+    return (-value if maximize else value, math.inf if log_loss is None else log_loss, number)
 
 
 def best_first(trials: list[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
     """The complete trials, in :func:`ranking` order."""
     done = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
-    return sorted(done, key=lambda t: ranking(t.value, t.number, maximize))
+    return sorted(
+        done, key=lambda t: ranking(t.value, t.number, maximize, t.user_attrs.get(OOF_LOG_LOSS))
+    )
 
 
 @dataclass(frozen=True)

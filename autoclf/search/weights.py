@@ -19,7 +19,7 @@ import torch
 from optuna.trial import TrialState
 
 from autoclf import atomic
-from autoclf.search.record import ranking
+from autoclf.search.record import OOF_LOG_LOSS, ranking
 
 
 def fold_weights(trial_dir: Path, fold: int) -> Path:
@@ -48,19 +48,31 @@ def drop(trial_dir: Path) -> None:
 
 
 def keep_best(
-    study: optuna.Study, trials_dir: Path, *, keep: int, number: int, value: float
+    study: optuna.Study,
+    trials_dir: Path,
+    *,
+    keep: int,
+    number: int,
+    value: float,
+    log_loss: float | None = None,
 ) -> None:
-    """Trial ``number`` has just finished with ``value`` (not yet COMPLETE in the storage):
-    drop the fold weights of every trial under ``trials_dir`` that is not among the best
-    ``keep`` complete ones, or that was pruned or failed."""
+    """Trial ``number`` has just finished with ``value`` and the out-of-fold ``log_loss``
+    (not yet COMPLETE in the storage): drop the fold weights of every trial under
+    ``trials_dir`` that is not among the best ``keep`` complete ones (by
+    :func:`~autoclf.search.record.ranking`, as finalize ranks them), or that was pruned or
+    failed."""
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    values = {n: t.value for n, t in trials.items() if t.state == TrialState.COMPLETE}
-    values[number] = value
+    keys = {
+        n: (t.value, t.user_attrs.get(OOF_LOG_LOSS))
+        for n, t in trials.items()
+        if t.state == TrialState.COMPLETE
+    }
+    keys[number] = (value, log_loss)
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    best = set(sorted(values, key=lambda n: ranking(values[n], n, maximize))[:keep])
+    best = set(sorted(keys, key=lambda n: ranking(keys[n][0], n, maximize, keys[n][1]))[:keep])
     ended = (TrialState.PRUNED, TrialState.FAIL)
     for trial_dir in {p.parent for p in trials_dir.glob("*/fold*.pt")}:
         n = int(trial_dir.name) if trial_dir.name.isdigit() else None
-        if (n in values and n not in best) or (n in trials and trials[n].state in ended):
+        if (n in keys and n not in best) or (n in trials and trials[n].state in ended):
             drop(trial_dir)

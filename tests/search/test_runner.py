@@ -9,11 +9,13 @@ import re
 import numpy as np
 import optuna
 import pytest
+from sklearn.metrics import log_loss
 
 from autoclf.config import SearchConfig
 from autoclf.errors import AutoclfError, DataError, StudyMismatchError
 from autoclf.search.budget import EpochBudget
 from autoclf.search.runner import SearchFailedError, prepare, run
+from autoclf.study import open_study_dir
 from tests.conftest import save_image
 
 EPOCHS = 3
@@ -113,7 +115,11 @@ def test_only_the_best_complete_trials_keep_their_fold_weights(config, tmp_path)
         prepared.study.enqueue_trial({"lr": lr})
     study = run(prepared)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
-    best = sorted(study.trials, key=lambda t: (-t.value, t.number))[:2]
+    labels = open_study_dir(config.studies_dir, "s").index.label_array
+    for trial in study.trials:  # the tie-breaker of equal CV scores, from the trial's own OOF
+        oof = np.load(prepared.study_dir / trial.user_attrs["oof_path"])
+        assert trial.user_attrs["oof_log_loss"] == pytest.approx(log_loss(labels, oof))
+    best = sorted(study.trials, key=lambda t: (-t.value, t.user_attrs["oof_log_loss"]))[:2]
     trials_dir = prepared.study_dir / "trials"
     kept = sorted(int(p.parent.name) for p in trials_dir.glob("*/fold0.pt"))
     assert kept == sorted(t.number for t in best)
