@@ -30,6 +30,9 @@ class View:
     shift: tuple[float, float] = (0.0, 0.0)
 
 
+MAX_ROWS = 256  # rows of an eval forward pass on a GPU, and at most on a CPU
+CPU_PIXELS_PER_PASS = 2**18  # 16 rows at 128 px, 5 at 224: see rows_per_pass
+
 # In the order ``--tta N`` takes them: the identity first, then the views that most often help.
 VIEWS: tuple[View, ...] = (
     View("identity"),
@@ -122,6 +125,19 @@ def autocast_for(device: torch.device, enabled: bool = True):
     return lambda: torch.autocast("cuda", dtype=dtype)
 
 
+def rows_per_pass(device: torch.device, size: int) -> int:
+    """How many rows (images × views) an eval forward pass takes on ``device`` at ``size`` px.
+
+    A GPU takes ``MAX_ROWS``. On a CPU, passes of about ``CPU_PIXELS_PER_PASS`` pixels are the
+    fastest: a bigger pass allocates, and page-faults, its activations afresh each time
+    (EfficientNet-Lite at 224 px: 4-8 rows a pass predict 3.5x faster than 256;
+    benchmarks/eval_batch.py).
+    """
+    if device.type != "cpu":
+        return MAX_ROWS
+    return max(1, min(MAX_ROWS, CPU_PIXELS_PER_PASS // (size * size)))
+
+
 @torch.inference_mode()
 def predict_views(
     model: torch.nn.Module,
@@ -130,17 +146,19 @@ def predict_views(
     preprocess: Preprocess,
     views: Sequence[View] = IDENTITY,
     indices: np.ndarray | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     amp: bool = True,
 ) -> np.ndarray:
     """Class probabilities of every view: (len(views), n_images, n_classes), float32.
 
     Images are read from the (memory-mapped) cache a batch at a time; all views of a batch go
-    through the model in one forward pass.
+    through the model in one forward pass of about ``batch_size`` rows (default
+    :func:`rows_per_pass`), at least one image's views.
     """
     model.eval()
     autocast = autocast_for(preprocess.device, amp)
     rows = np.arange(len(images)) if indices is None else np.asarray(indices)
+    batch_size = batch_size or rows_per_pass(preprocess.device, preprocess.size)
     per_batch = max(1, batch_size // len(views))
     chunks = []
     for start in range(0, len(rows), per_batch):

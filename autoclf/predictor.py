@@ -126,9 +126,13 @@ class Predictor:
             f"{self.vote} vote, classes={list(self.classes)})"
         )
 
-    def predict(self, inputs: Input | Sequence[Input], *, batch_size: int = 256) -> Predictions:
+    def predict(
+        self, inputs: Input | Sequence[Input], *, batch_size: int | None = None
+    ) -> Predictions:
         """Predict one image or many: file paths, PIL images or H×W×3 uint8 RGB arrays (a
-        (N, H, W, 3) array is N images). Always returns a batch, one row per image."""
+        (N, H, W, 3) array is N images). Always returns a batch, one row per image.
+        ``batch_size``: rows (images × TTA views) a forward pass, by default
+        :func:`autoclf.inference.rows_per_pass` (256 on a GPU, fewer on a CPU)."""
         items = _as_list(inputs)
         if not items:
             return Predictions(self.classes, np.zeros((0, len(self.classes)), np.float32))
@@ -137,12 +141,14 @@ class Predictor:
         ]
         return Predictions(self.classes, np.concatenate(chunks))
 
-    def predict_pixels(self, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+    def predict_pixels(self, images: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
         """The vote over (N, S, S, 3) uint8 images already resized to ``image_size``, as the
         image cache holds them: (N, classes), float32."""
         return vote(self.vote, self.member_probs(images, batch_size=batch_size), self._weights())
 
-    def member_probs(self, images: np.ndarray, *, batch_size: int = 256) -> list[np.ndarray]:
+    def member_probs(
+        self, images: np.ndarray, *, batch_size: int | None = None
+    ) -> list[np.ndarray]:
         """Each member's probabilities, its views and fold models averaged: (N, classes)."""
         out = []
         for member in self.members:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from autoclf.augment import train_transform
 from autoclf.config import TrainParams
 from autoclf.errors import AutoclfError
-from autoclf.inference import Preprocess, amp_dtype, autocast_for, predict_views
+from autoclf.inference import Preprocess, amp_dtype, autocast_for, predict_views, rows_per_pass
 from autoclf.metrics import Metric, get_metric
 from autoclf.models import MEMORY_FORMAT, create_model, head_parameters, set_head
 from autoclf.optim import LRSchedule, build_optimizer
@@ -191,8 +191,10 @@ def fit(
         label_smoothing=params.label_smoothing,
     )
 
-    # predict_views' own default, unless the caller asked for smaller forward passes.
-    val_batch = 256 if micro_batch is None else min(256, micro_batch)
+    # predict_views' own size of a pass, or smaller where training fell back to a micro-batch.
+    val_batch = rows_per_pass(device, params.image_size)
+    if micro_batch is not None:
+        val_batch = min(val_batch, micro_batch)
 
     result = FitResult(kept_epoch=0, kept_score=None, val_probs=None, epochs_run=0)
     best_score, best_epoch = None, 0  # the best so far, whatever params.keep keeps

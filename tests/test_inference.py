@@ -10,6 +10,7 @@ from autoclf.inference import (
     Preprocess,
     apply_views,
     predict_views,
+    rows_per_pass,
     views_for,
 )
 from autoclf.models import create_model
@@ -60,6 +61,23 @@ def test_predict_views_shapes_and_batching_do_not_change_results():
     assert np.allclose(big, small, atol=1e-5)
     rows = predict_views(model, images, preprocess=pre, indices=np.array([7, 2]))
     assert np.allclose(rows[0], big[0][[7, 2]], atol=1e-5)
+
+
+def test_on_a_cpu_a_forward_pass_takes_about_a_fixed_number_of_pixels():
+    """Big eval passes are slow on a CPU (benchmarks/eval_batch.py): at 224 px a pass takes one
+    image's 8 views; at 16 px every row at once, up to 256; a GPU takes 256 at any size."""
+    torch.manual_seed(0)
+    rows_seen = []
+    for size, n in ((224, 3), (16, 40)):
+        model = create_model(TrainParams(backbone="test_resnet", image_size=size), num_classes=2)
+        model.register_forward_hook(lambda m, inputs, out: rows_seen.append(len(inputs[0])))
+        images = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        pre = Preprocess("test_resnet", size=size, device=CPU)
+        out = predict_views(model.eval(), images, preprocess=pre, views=VIEWS)
+        assert out.shape == (8, n, 2)
+    assert rows_seen == [8, 8, 8, 256, 64]  # 40 images × 8 views = 320 rows
+    assert rows_per_pass(CPU, 224) == 5 and rows_per_pass(CPU, 16) == 256
+    assert rows_per_pass(torch.device("cuda"), 224) == 256
 
 
 def test_a_model_trained_without_flips_is_not_shown_flipped_views():
