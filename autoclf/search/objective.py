@@ -237,8 +237,10 @@ class Objective:
         trial.set_user_attr(record.OOF_PATH, str(oof_path.relative_to(self.study_dir)))
         value = float(np.mean(scores))
         trial.set_user_attr(record.CV_STD, float(np.std(scores)))
-        log_loss = float(get_metric("log_loss")(self.labels, oof))
-        trial.set_user_attr(record.OOF_LOG_LOSS, log_loss)
+        log_loss = None  # NaN probabilities keep their (poor) score but have no log loss
+        if np.isfinite(oof).all():
+            log_loss = float(get_metric("log_loss")(self.labels, oof))
+            trial.set_user_attr(record.OOF_LOG_LOSS, log_loss)
         weights.keep_best(
             trial.study,
             self.study_dir / "trials",

@@ -134,6 +134,18 @@ def test_only_the_best_complete_trials_keep_their_fold_weights(config, tmp_path)
     assert not list(trials_dir.glob("*/fold*"))
 
 
+def test_a_trial_whose_probabilities_are_nan_completes_without_a_log_loss(config, monkeypatch):
+    from autoclf import trainer
+
+    def nan_views(model, images, *, indices, **kwargs):  # a model that predicts NaN
+        return [np.full((len(indices), 10), np.nan, dtype=np.float32)]
+
+    monkeypatch.setattr(trainer, "predict_views", nan_views)
+    study = run(prepare(dataclasses.replace(config, trials=1)))
+    (trial,) = study.trials
+    assert trial.state.name == "COMPLETE" and "oof_log_loss" not in trial.user_attrs
+
+
 def test_a_trial_that_fails_after_a_fold_leaves_no_weights(config, monkeypatch):
     from autoclf.search import objective
 
