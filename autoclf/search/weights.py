@@ -63,14 +63,14 @@ def keep_best(
     failed."""
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     keys = {
-        n: (t.value, t.user_attrs.get(OOF_LOG_LOSS))
+        n: ranking(t.value, n, maximize, t.user_attrs.get(OOF_LOG_LOSS))
         for n, t in trials.items()
         if t.state == TrialState.COMPLETE
     }
-    keys[number] = (value, log_loss)
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    best = set(sorted(keys, key=lambda n: ranking(keys[n][0], n, maximize, keys[n][1]))[:keep])
+    keys[number] = ranking(value, number, maximize, log_loss)
+    best = set(sorted(keys, key=keys.get)[:keep])
     ended = (TrialState.PRUNED, TrialState.FAIL)
     for trial_dir in {p.parent for p in trials_dir.glob("*/fold*.pt")}:
         n = int(trial_dir.name) if trial_dir.name.isdigit() else None
