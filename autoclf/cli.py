@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--allow-space-change",
         action="store_true",
-        help="resume even though the space file differs from the study's",
+        help="resume even though the space's parameters, sampler or pruner differ from the study's",
     )
     search.set_defaults(run=cmd_search)
 

@@ -36,7 +36,7 @@ from autoclf.models import ensure_pretrained
 from autoclf.search.budget import EpochBudget
 from autoclf.search.events import EventFn, TrialFinished, ignore
 from autoclf.search.objective import Objective
-from autoclf.search.space import SearchSpace, load_space
+from autoclf.search.space import SearchSpace, load_space, same_search
 from autoclf.search.storage import (
     claim_lock,
     default_storage_url,
@@ -488,7 +488,7 @@ def _check_same_config(config: SearchConfig, study_dir: Path) -> None:
 
 def _check_same_space(space: SearchSpace, study_dir: Path, *, allow_change: bool) -> None:
     path = study_dir / "space.yaml"
-    if path.is_file() and path.read_text() != space.source and not allow_change:
+    if path.is_file() and not same_search(path.read_text(), space.source) and not allow_change:
         diff = "".join(
             difflib.unified_diff(
                 path.read_text().splitlines(keepends=True),

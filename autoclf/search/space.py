@@ -182,6 +182,21 @@ def load_space(name_or_path: str) -> SearchSpace:
     return parse_space(path.read_text(encoding="utf-8"), name=path.stem, where=str(path))
 
 
+def same_search(a: str, b: str) -> bool:
+    """Whether two space files define the same search: their comments, layout and
+    ``description`` do not change what a trial samples, so a study's space may be reworded."""
+    if a == b:
+        return True
+    try:
+        docs = [yaml.safe_load(text) for text in (a, b)]
+    except yaml.YAMLError:
+        return False
+    if not all(isinstance(doc, dict) for doc in docs):
+        return False
+    first, second = ({k: v for k, v in doc.items() if k != "description"} for doc in docs)
+    return first == second
+
+
 def parse_space(text: str, *, name: str = "space", where: str = "<space>") -> SearchSpace:
     try:
         doc = yaml.safe_load(text)

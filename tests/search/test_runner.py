@@ -175,6 +175,18 @@ def test_changed_space_is_refused_with_a_diff_unless_allowed(config, tmp_path):
     assert prepare(config, allow_space_change=True).resumed
 
 
+def test_a_reworded_space_resumes_without_the_flag(config, tmp_path):
+    """Comments, layout and the description do not change what a trial samples."""
+    prepare(config)
+    reworded = "description: the same search, explained\n" + SPACE.replace(
+        "  batch_size: 64", "  # the largest that fits\n  batch_size:   64"
+    )
+    (tmp_path / "space.yaml").write_text(reworded)
+    prepared = prepare(config)
+    assert prepared.resumed
+    assert (prepared.study_dir / "space.yaml").read_text() == reworded
+
+
 def test_a_resumed_run_draws_new_random_parameters(config, tmp_path):
     """The sampler is seeded by --seed; a resumed run must not start the sequence over and
     train the first trials' parameters again."""
