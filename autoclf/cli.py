@@ -39,7 +39,19 @@ if TYPE_CHECKING:
 console = Console()
 err_console = Console(stderr=True)
 
-SHORT = {"optimizer": "opt", "batch_size": "batch", "aug_strength": "aug", "scheduler": "sched"}
+# Leaderboard headers, short enough for a study that searches ten settings to fit a terminal.
+SHORT = {
+    "image_size": "px",
+    "optimizer": "opt",
+    "head_lr_mult": "head lr×",
+    "weight_decay": "wd",
+    "batch_size": "batch",
+    "dropout": "drop",
+    "drop_path": "drop path",
+    "aug_strength": "aug",
+    "label_smoothing": "smooth",
+    "scheduler": "sched",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1423,16 +1435,19 @@ def leaderboard(study: optuna.Study, metric: str, top: int = 10) -> Table | Text
 
 
 def _fmt_params(params: dict) -> str:
+    """A trial's sampled settings, as Optuna's own log gives them, in the leaderboard's order."""
     named = record.by_setting(params)
-    keys = ("kind", *record.KEY_SETTINGS)
-    return " ".join(f"{k}={_fmt_value(named[k])}" for k in keys if k in named)
+    return " ".join(f"{k}={_fmt_value(named[k])}" for k in record.searched([params]))
 
 
 def _fmt_value(v: object) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
-        return f"{v:.1e}" if v and abs(v) < 0.01 else f"{v:.2f}"
+        if v and abs(v) < 0.01:  # 1.3e-5, not 1.3e-05: a leaderboard column is narrow
+            mantissa, exponent = f"{v:.1e}".split("e")
+            return f"{mantissa}e{int(exponent)}"
+        return f"{v:.3g}" if abs(v) >= 10 else f"{v:.2f}"
     return str(v)
 
 

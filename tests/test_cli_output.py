@@ -10,6 +10,7 @@ import pytest
 
 from autoclf import cli
 from autoclf.errors import AutoclfError
+from autoclf.search import record
 from autoclf.search.events import EpochDone, TrialStarted
 from autoclf.trainer import EpochReport
 
@@ -60,6 +61,39 @@ def test_a_study_with_no_complete_trial_gets_a_line_not_an_empty_table(capsys):
     study.tell(study.ask(), 0.5)
     cli.console.print(cli.leaderboard(study, "accuracy"))
     assert "study s: 1 complete, 1 fail" in capsys.readouterr().out
+
+
+def test_the_leaderboard_shows_what_the_space_searches_not_what_it_fixes(capsys):
+    """A `cpu`-like space: image size and head multiplier searched, optimiser and batch fixed.
+    The columns are the searched settings, the model first; a start line names them all."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    study = optuna.create_study(study_name="s", direction="maximize")
+    dists = {
+        "lr": FloatDistribution(1e-5, 1e-4, log=True),
+        "image_size": CategoricalDistribution([160, 224]),
+        "head_lr_mult": FloatDistribution(20.0, 200.0, log=True),
+    }
+    fixed = {"backbone": "tf_efficientnet_lite0", "optimizer": "adamw", "batch_size": 32}
+    for number, (lr, size, mult) in enumerate(((2.3e-5, 160, 149.19), (1.5e-5, 224, 48.69))):
+        params = {"lr": lr, "image_size": size, "head_lr_mult": mult}
+        attrs = {record.CONFIG: {**fixed, **params}, record.CV_STD: 0.01}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions=dists, value=0.9 + number / 100, user_attrs=attrs
+            )
+        )
+    cli.console.print(cli.leaderboard(study, "accuracy"))
+    header, best, second = capsys.readouterr().out.splitlines()[1:4]
+    assert header.split() == ["#", "accuracy", "±sd", "backbone", "px", "lr", "head", "lr×"] + [
+        "epochs",
+        "time",
+    ]
+    assert best.split()[:5] == ["1", "0.9100±0.010", "tf_efficientnet_lite0", "224", "1.5e-5"]
+    assert best.split()[5] == "48.7" and second.split()[5] == "149"
+    assert cli._fmt_params({"lr": 2.3e-5, "image_size": 160, "finetune.dropout": 0.1}) == (
+        "image_size=160 lr=2.3e-5 dropout=0.10"
+    )
 
 
 @pytest.mark.parametrize(

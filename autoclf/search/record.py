@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from optuna.trial import FrozenTrial
 
 # The user attributes of a trial.
@@ -32,8 +34,27 @@ RETRY_OF = "retry_of"  # the number of the trial this one runs again
 VAL_LOSSES = "val_losses"  # the validation loss at each reported step
 WORKER = "worker"  # "cpu0 (pid 1234)"
 
-# The settings a leaderboard shows, beside the trial's kind in a study that has head-only ones.
-KEY_SETTINGS = ("backbone", "optimizer", "lr", "batch_size", "aug_strength", "scheduler")
+# The order in which a leaderboard and a trial's lines give the settings a study searches: the
+# kind of trial, the model and its image size (what most decides the time) first. Settings not
+# named here follow by name.
+SETTING_ORDER = (
+    "kind",
+    "backbone",
+    "image_size",
+    "epochs",
+    "optimizer",
+    "lr",
+    "head_lr_mult",
+    "weight_decay",
+    "batch_size",
+    "dropout",
+    "drop_path",
+    "aug_strength",
+    "hflip",
+    "label_smoothing",
+    "scheduler",
+    "lp_ft",
+)
 
 
 @dataclass(frozen=True)
@@ -90,6 +111,16 @@ def by_setting(params: dict[str, Any]) -> dict[str, Any]:
     return {name.split(".")[-1]: value for name, value in params.items()}
 
 
+def searched(params: Iterable[dict[str, Any]]) -> tuple[str, ...]:
+    """The settings sampled in any of these trials' parameters, in :data:`SETTING_ORDER`: what
+    sets one trial apart from another. Settings a space fixes are the same in every trial."""
+    names = {name for p in params for name in by_setting(p)}
+    last = len(SETTING_ORDER)
+    return tuple(
+        sorted(names, key=lambda n: (SETTING_ORDER.index(n) if n in SETTING_ORDER else last, n))
+    )
+
+
 def ranking(
     value: float, number: int, maximize: bool, log_loss: float | None = None
 ) -> tuple[float, float, int]:
@@ -111,13 +142,14 @@ def best_first(trials: list[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
 
 @dataclass(frozen=True)
 class Leaderboard:
-    settings: tuple[str, ...]  # the settings each row shows: KEY_SETTINGS, and "kind" if mixed
+    settings: tuple[str, ...]  # the settings each row shows: the backbone and those searched
     rows: list[TrialRecord]  # the best complete trials, best first
 
 
 def leaderboard(trials: list[FrozenTrial], *, maximize: bool, top: int = 10) -> Leaderboard:
     """The best ``top`` complete trials of a study, and the settings to show beside them."""
-    records = {t.number: TrialRecord.of(t) for t in trials}
-    mixed = any(r.kind == "head" for r in records.values())  # then each row says its kind
-    settings = (*KEY_SETTINGS, "kind") if mixed else KEY_SETTINGS
-    return Leaderboard(settings, [records[t.number] for t in best_first(trials, maximize)[:top]])
+    searched_here = searched(t.params for t in trials)
+    # The backbone even where the space fixes it: a row names its model.
+    settings = searched_here if "backbone" in searched_here else ("backbone", *searched_here)
+    rows = [TrialRecord.of(t) for t in best_first(trials, maximize)[:top]]
+    return Leaderboard(settings, rows)
