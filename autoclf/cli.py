@@ -687,7 +687,8 @@ def cmd_labels(args: argparse.Namespace) -> int:
         console.print(table)
     if found.issues:
         console.print(
-            f"{len(found.issues)} likely label errors of {found.checked} training images "
+            f"{_count(len(found.issues), 'likely label error')} of "
+            f"{_count(found.checked, 'training image')} "
             f"(most likely first): {found.csv}",
             soft_wrap=True,
             highlight=False,
