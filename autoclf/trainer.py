@@ -189,19 +189,19 @@ def fit(
 
     optimizer = build_optimizer(model, params)
     schedule = LRSchedule(optimizer, params, steps_per_epoch=len(train_loader))
+    weights = None if class_weights is None else class_weights.to(device)
+    # Summed, then divided by the whole batch's weight below: the chunks of a batch then add up
+    # to exactly its (class-weighted) mean loss and gradient.
     loss_fn = torch.nn.CrossEntropyLoss(
-        weight=None if class_weights is None else class_weights.to(device),
-        label_smoothing=params.label_smoothing,
+        weight=weights, label_smoothing=params.label_smoothing, reduction="sum"
     )
 
     # predict_views' own size of a pass, or smaller where training fell back to a micro-batch.
     val_batch = rows_per_pass(device, params.image_size)
     if micro_batch is not None:
         val_batch = min(val_batch, micro_batch)
-    elif device.type == "cpu" and params.freeze_bn and class_weights is None:
-        # Chunks then change nothing but the speed; with class weights, each chunk's loss
-        # would be its own weighted mean.
-        micro_batch = val_batch
+    elif device.type == "cpu" and params.freeze_bn:
+        micro_batch = val_batch  # with no batch statistics, chunks change nothing but the speed
 
     result = FitResult(kept_epoch=0, kept_score=None, val_probs=None, epochs_run=0)
     best_score, best_epoch = None, 0  # the best so far, whatever params.keep keeps
@@ -218,11 +218,10 @@ def fit(
             # Near-equal chunks rather than micro_batch-sized ones and a remainder: a chunk of one
             # would break BatchNorm on a 1x1 feature map, which is why drop_last is on.
             chunks = 1 if micro_batch is None else math.ceil(len(y) / micro_batch)
+            batch_weight = len(y) if weights is None else weights[y].sum()
             for xc, yc in zip(x.tensor_split(chunks), y.tensor_split(chunks), strict=True):
                 with autocast():
-                    # Weighted by its share of the batch, the chunks' gradients add up to the
-                    # gradient of the batch's mean loss, and their losses to that mean loss.
-                    loss = loss_fn(model(xc), yc) * (len(yc) / len(y))
+                    loss = loss_fn(model(xc), yc) / batch_weight
                 # This check is a CPU–GPU sync point; it is what stops a diverged run within a step.
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(

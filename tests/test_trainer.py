@@ -194,8 +194,8 @@ def test_gradient_accumulation_matches_the_full_batch(digits, micro_batch):
 
 def test_on_a_cpu_frozen_batchnorm_trains_in_small_passes_to_the_same_weights(digits, monkeypatch):
     """With BatchNorm frozen, chunks of a batch change nothing but the speed (1.6x at 224 px
-    on the CPU), so they are the CPU's default; where BatchNorm trains, or the loss is weighted
-    by class, a batch is one pass."""
+    on the CPU), so they are the CPU's default, a class-weighted loss included; where
+    BatchNorm trains, a batch is one pass."""
     passes = {}  # (freeze_bn, training) -> the rows of each forward pass
     real = trainer.create_model
 
@@ -217,8 +217,16 @@ def test_on_a_cpu_frozen_batchnorm_trains_in_small_passes_to_the_same_weights(di
     _fit(digits, freeze_bn=False, **kw)
     assert passes[(False, True)] == {32}  # BatchNorm's statistics are the whole batch's
     passes.clear()
-    _fit(digits, freeze_bn=True, balance="weights", **kw)
-    assert passes[(True, True)] == {32}  # a weighted mean loss is the whole batch's too
+    # Class weights: each chunk's weighted sum over the whole batch's weight, not its own
+    # weighted mean. Digits 5-9 made rare in training, so the weights differ 4-fold.
+    images, labels, folds = digits
+    folds = np.where((labels >= 5) & (np.arange(len(labels)) % 4 != 0), 0, folds)
+    rare = (images, labels, folds)
+    weighted = _fit(rare, freeze_bn=True, balance="weights", **kw)
+    assert passes[(True, True)] == {16}
+    weighted_one_pass = _fit(rare, freeze_bn=True, balance="weights", micro_batch=32, **kw)
+    for name, weight in weighted_one_pass.state_dict.items():
+        assert torch.allclose(weight, weighted.state_dict[name], atol=1e-5), name
 
 
 def test_gradient_accumulation_trains_batchnorm_models(digits):
