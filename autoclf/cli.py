@@ -51,6 +51,7 @@ SHORT = {
     "aug_strength": "aug",
     "label_smoothing": "smooth",
     "scheduler": "sched",
+    "epochs": "fold epochs",  # the "epochs" column is those trained, over all folds
 }
 
 
@@ -1417,21 +1418,35 @@ def leaderboard(study: optuna.Study, metric: str, top: int = 10) -> Table | Text
     board = record.leaderboard(every, maximize=study.direction.name == "MAXIMIZE", top=top)
     if not board.rows:  # a header over no rows says nothing
         return Text(f"study {study.study_name}: {summary or 'no trials'}; none completed yet")
+    settings = [
+        (SHORT.get(k, k), [_fmt_value(r.setting(k)) for r in board.rows], k) for k in board.settings
+    ]
+    columns = [
+        ("#", [str(r.number) for r in board.rows], None),
+        (f"{metric} ±sd", [f"{r.value:.4f}±{r.cv_std or 0:.3f}" for r in board.rows], None),
+        *settings,
+        ("epochs", [str(r.epochs_run) for r in board.rows], None),
+        ("time", [f"{r.duration_s or 0:.0f}s" for r in board.rows], None),
+    ]
+    # Where the terminal is too narrow for every setting, the last (least telling) ones give
+    # way whole, rather than every value being cut short. A column takes its widest cell and
+    # one space.
+    width = sum(max(map(len, (name, *cells))) + 1 for name, cells, _ in columns)
+    left_out: list[str] = []
+    for name, cells, key in reversed(settings[1:]):
+        if width <= console.width:
+            break
+        width -= max(map(len, (name, *cells))) + 1
+        left_out.insert(0, key)
     table = _table(f"study {study.study_name}: {summary}")
-    table.add_column("#", justify="right")
-    table.add_column(f"{metric} ±sd", justify="right", no_wrap=True)
-    for key in board.settings:
-        table.add_column(SHORT.get(key, key), no_wrap=key == "backbone")
-    table.add_column("epochs", justify="right")
-    table.add_column("time", justify="right")
-    for r in board.rows:
-        table.add_row(
-            str(r.number),
-            f"{r.value:.4f}±{r.cv_std or 0:.3f}",
-            *(_fmt_value(r.setting(k)) for k in board.settings),
-            str(r.epochs_run),
-            f"{r.duration_s or 0:.0f}s",
-        )
+    if left_out:
+        table.caption = f"left out for the width: {', '.join(left_out)} (the report has all)"
+        table.caption_justify, table.caption_style = "left", "dim"
+    shown = [c for c in columns if c[2] not in left_out]
+    for name, _, key in shown:
+        table.add_column(name, justify="right" if key is None else "left", no_wrap=True)
+    for row in zip(*(cells for _, cells, _ in shown), strict=True):
+        table.add_row(*row)
     return table
 
 

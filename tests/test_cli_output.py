@@ -96,6 +96,44 @@ def test_the_leaderboard_shows_what_the_space_searches_not_what_it_fixes(capsys)
     )
 
 
+def test_a_narrow_terminal_leaves_out_the_last_settings_whole(monkeypatch, capsys):
+    """`tiny` searches nine settings: at 80 columns the last ones go, named below the table,
+    and no value is cut short; at 200 every one is shown."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from rich.console import Console
+
+    study = optuna.create_study(study_name="s", direction="maximize")
+    params = {
+        "backbone": "test_efficientnet",
+        "optimizer": "adamw",
+        "lr": 3.8e-3,
+        "weight_decay": 1.5e-3,
+        "batch_size": 32,
+        "dropout": 0.004,
+        "aug_strength": 0.18,
+        "hflip": False,
+        "scheduler": "onecycle",
+    }
+    dists = {
+        k: FloatDistribution(1e-3, 1.0) if isinstance(v, float) else CategoricalDistribution([v])
+        for k, v in params.items()
+    }
+    attrs = {record.CONFIG: params, record.CV_STD: 0.004}
+    study.add_trial(
+        optuna.trial.create_trial(params=params, distributions=dists, value=0.99, user_attrs=attrs)
+    )
+    for width, left_out in ((80, ["aug_strength", "hflip", "scheduler"]), (200, [])):
+        monkeypatch.setattr(cli, "console", Console(width=width))
+        cli.console.print(cli.leaderboard(study, "accuracy"))
+        out = capsys.readouterr().out
+        assert "…" not in out and max(map(len, out.splitlines())) <= width
+        header = out.splitlines()[1].split()
+        assert ("aug" in header, "hflip" in header, "sched" in header) == (not left_out,) * 3
+        assert ("wd" in header, "drop" in header) == (True, True)
+        if left_out:
+            assert f"left out for the width: {', '.join(left_out)}" in out
+
+
 @pytest.mark.parametrize(
     ("n", "noun", "words"),
     [
