@@ -283,4 +283,8 @@ def materialize_digits(datasets_dir: Path) -> Path:
 
 
 def _natural_key(text: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", text))
+    """ "class2" before "class10", whatever the case; names alike under that ("Cat" and "cat",
+    "class_1" and "class_01") in the order of their text, so that the order of the classes,
+    and so the meaning of the model's outputs, never depends on the order they were found in."""
+    natural = tuple(int(p) if p.isdecimal() else p.lower() for p in re.split(r"(\d+)", text))
+    return natural, text

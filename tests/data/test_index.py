@@ -121,3 +121,41 @@ def test_save_and_load_round_trip(tmp_path):
     loaded, loaded_folds = load_index(tmp_path / "index.csv")
     assert loaded == index
     assert loaded_folds.tolist() == [1, 0]
+
+
+CLASS_ORDER = """
+import sys
+from autoclf.data.index import build_index, load_index
+if sys.argv[1] == "build":
+    print(build_index(sys.argv[2], datasets_dir=sys.argv[3]).classes)
+else:
+    print(load_index(sys.argv[2])[0].classes)
+"""
+
+
+def test_classes_alike_but_for_case_or_zeros_keep_one_order_in_every_process(tmp_path):
+    """Python's string hashes change with each process: the class order (what each output of
+    the model means) must not depend on a set's order, in the search or in predict."""
+    import os
+    import subprocess
+    import sys
+
+    labels = ["cat", "Cat", "class_01", "class_1", "dog", "m²"]  # ² is a digit, not a decimal
+    rows = []
+    for i, label in enumerate(labels):
+        save_image(tmp_path / f"{i}.png", seed=i)
+        rows.append(f"{i}.png,{label}")
+    (tmp_path / "d.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    index = build_index(tmp_path / "d.csv", datasets_dir=tmp_path)
+    assert index.classes == ("Cat", "cat", "class_01", "class_1", "dog", "m²")
+    save_index(index, np.zeros(len(labels), dtype=int), tmp_path / "index.csv")
+    seen = set()
+    for seed in ("1", "2", "3", "4"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        for how, path in (("build", tmp_path / "d.csv"), ("load", tmp_path / "index.csv")):
+            done = subprocess.run(
+                [sys.executable, "-c", CLASS_ORDER, how, str(path), str(tmp_path)],
+                capture_output=True, text=True, env=env, check=True,
+            )  # fmt: skip
+            seen.add(done.stdout.strip())
+    assert seen == {str(index.classes)}
