@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -33,13 +34,18 @@ def _accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
 def _f1_macro(labels: np.ndarray, probs: np.ndarray) -> float:
     from sklearn.metrics import f1_score
 
-    classes = np.arange(probs.shape[1])
-    return f1_score(labels, probs.argmax(axis=1), labels=classes, average="macro", zero_division=0)
+    predicted = probs.argmax(axis=1)
+    # Over the classes present or predicted, as scikit-learn's default: a test set (or a fold)
+    # without some class would otherwise count it as an F1 of 0.
+    classes = np.union1d(labels, predicted)
+    return f1_score(labels, predicted, labels=classes, average="macro", zero_division=0)
 
 
 def _log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
     from sklearn.metrics import log_loss
 
+    if not np.isfinite(probs).all():  # a diverged model's NaN: no probability for any class
+        return math.inf
     probs = np.clip(probs, 1e-7, 1.0)
     return log_loss(
         labels, probs / probs.sum(axis=1, keepdims=True), labels=np.arange(probs.shape[1])

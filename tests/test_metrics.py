@@ -37,3 +37,18 @@ def test_auto_metric_turns_to_macro_f1_from_three_to_one():
     assert choose_metric([100, 33]) == "f1_macro"
     assert choose_metric([5, 50, 10]) == "f1_macro"
     assert imbalance_ratio([0, 7]) == 7.0  # an emptied class does not divide by zero
+
+
+def test_f1_macro_counts_the_classes_present_or_predicted():
+    """A test set of digits 0 and 1 only, all right: 1.0, not 0.2 for the eight absent ones."""
+    labels = np.array([0, 1, 0, 1])
+    assert get_metric("f1_macro")(labels, np.eye(10)[labels]) == 1.0
+    # A class predicted but absent still counts, at 0: one 1 taken for a 2.
+    wrong = np.eye(10)[[0, 1, 0, 2]]
+    assert get_metric("f1_macro")(labels, wrong) == pytest.approx((1 + 2 / 3 + 0) / 3)
+
+
+def test_nan_probabilities_have_an_infinite_log_loss_not_an_error():
+    probs = np.full((4, 3), 1 / 3)
+    probs[1] = np.nan
+    assert get_metric("log_loss")(LABELS, probs) == math.inf
