@@ -274,6 +274,9 @@ def _save(
     test set's predictions, and the summary, which is written last."""
     final_dir = result.final_dir
     manifest = _manifest(files, result.members, result.vote, config)
+    # An earlier run's summary goes first: interrupted below, this run leaves no summary that
+    # describes another ensemble than the manifest's.
+    (final_dir / "summary.json").unlink(missing_ok=True)
     atomic.write_json(final_dir / "manifest.json", manifest)
     # The final model's out-of-fold probabilities: the report's confusion matrix and mistakes.
     atomic.save_npy(final_dir / "oof.npy", probs.astype(np.float32))

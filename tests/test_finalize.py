@@ -424,3 +424,32 @@ def test_a_finalize_without_test_says_the_predictions_there_are_older(studies):
     assert (final / "predictions.csv").read_bytes() == written  # kept, not deleted
     result, _, _ = _finalize(studies, top_k=1, tta="off", refit="folds", test="digits-test")
     assert not [n for n in result.notes if "earlier finalize" in n]
+
+
+def test_a_trial_with_nan_out_of_fold_probabilities_does_not_stop_greedy_selection(studies):
+    """The search completes such a trial (a model that diverged on a few images); finalize
+    ranks it by its score with the worst log loss, rather than failing in scikit-learn."""
+    oof_path = studies / "s" / "trials" / "2" / "oof.npy"
+    oof = np.load(oof_path)
+    oof[:5] = np.nan
+    np.save(oof_path, oof)
+    result, summary, _ = _finalize(studies, select="greedy", top_k=2, tta="off", refit="folds")
+    assert np.isfinite(result.oof_score) and summary["members"]
+
+
+def test_an_interrupted_finalize_leaves_no_summary_of_another_ensemble(studies, monkeypatch):
+    from autoclf import finalize as finalize_module
+
+    final = studies / "s" / "final"
+    _finalize(studies, top_k=1, select="topk", tta="off", refit="folds", test="digits-test")
+    assert (final / "summary.json").is_file()
+
+    def interrupted(*args, **kwargs):  # Ctrl-C while the test set is predicted
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finalize_module, "predict", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _finalize(studies, top_k=3, select="topk", tta="off", refit="folds", test="digits-test")
+    manifest = json.loads((final / "manifest.json").read_text())
+    assert len(manifest["members"]) == 3  # the new ensemble's, and no summary of the old one
+    assert not (final / "summary.json").exists()
