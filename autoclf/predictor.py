@@ -144,6 +144,8 @@ class Predictor:
     def predict_pixels(self, images: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
         """The vote over (N, S, S, 3) uint8 images already resized to ``image_size``, as the
         image cache holds them: (N, classes), float32."""
+        if len(images) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
         return vote(self.vote, self.member_probs(images, batch_size=batch_size), self._weights())
 
     def member_probs(
@@ -159,7 +161,12 @@ class Predictor:
             for path in member.weights:
                 model = self._model(member, path)
                 views = predict_views(
-                    model, images, preprocess=preprocess, views=member.views, batch_size=batch_size
+                    model,
+                    images,
+                    preprocess=preprocess,
+                    views=member.views,
+                    batch_size=batch_size,
+                    amp=member.params.amp,  # as the OOF that chose it was predicted
                 )
                 total += views.mean(axis=0)
                 del model  # without keep_models: one model in memory at a time

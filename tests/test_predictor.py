@@ -113,3 +113,27 @@ def test_bad_inputs_are_named_by_position(finalized_digits, tmp_path):
 def test_load_wants_a_finalized_study(tmp_path):
     with pytest.raises(AutoclfError, match="no saved ensemble at .*once `autoclf finalize`"):
         autoclf.load(tmp_path)
+
+
+def test_members_predict_under_their_own_amp_setting_and_no_images_give_no_rows(study, monkeypatch):
+    """A member trained with amp: false (fp16 overflowed) is predicted without autocast, as
+    the OOF that chose it was; an empty batch (a service's) is an empty answer."""
+    from autoclf import predictor as predictor_module
+
+    manifest_path = study / "s" / "final" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["members"][0]["params"]["amp"] = False
+    manifest_path.write_text(json.dumps(manifest))
+    seen, real = [], predictor_module.predict_views
+
+    def spied(*args, **kwargs):
+        seen.append(kwargs.get("amp", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "predict_views", spied)
+    model = autoclf.load(study / "s", device="cpu")
+    pixels = np.zeros((2, model.image_size, model.image_size, 3), np.uint8)
+    assert model.predict_pixels(pixels).shape == (2, len(model.classes))
+    n_folds = len(model.members[0].weights)
+    assert seen == [False] * n_folds + [True] * (len(seen) - n_folds)
+    assert model.predict_pixels(pixels[:0]).shape == (0, len(model.classes))
