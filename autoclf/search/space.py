@@ -147,7 +147,8 @@ class SearchSpace:
             # constant_liar keeps parallel workers from sampling the same point.
             kwargs.setdefault("multivariate", True)
             kwargs.setdefault("constant_liar", True)
-            if self.sections:  # params that only some trials have: TPE models each group
+            if self.sections and kwargs["multivariate"]:
+                # Params that only some trials have: TPE models each group (multivariate only).
                 kwargs.setdefault("group", True)
         return SAMPLERS[self.sampler["name"]](seed=seed, **kwargs)
 
@@ -182,6 +183,22 @@ def load_space(name_or_path: str) -> SearchSpace:
     return parse_space(path.read_text(encoding="utf-8"), name=path.stem, where=str(path))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error: PyYAML would keep
+    the last silently, and a searched range above a fixed value would be lost."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def same_search(a: str, b: str) -> bool:
     """Whether two space files define the same search: their comments, layout and
     ``description`` do not change what a trial samples, so a study's space may be reworded."""
@@ -199,7 +216,7 @@ def same_search(a: str, b: str) -> bool:
 
 def parse_space(text: str, *, name: str = "space", where: str = "<space>") -> SearchSpace:
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:  # its own text names "<unicode string>", not the file
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
@@ -339,7 +356,9 @@ RULES: dict[str, tuple[type, Check | None]] = {
     "lr": (float, _range(0, 10, lo_open=True)),
     "weight_decay": (float, _range(0, 10)),
     "momentum": (float, _range(0, 1, hi_open=True)),
-    "batch_size": (int, _range(1, INF)),
+    # A batch of one cannot train BatchNorm ("more than 1 value per channel"): every trial
+    # would fail.
+    "batch_size": (int, _range(2, INF)),
     "dropout": (float, _range(0, 1, hi_open=True)),
     "drop_path": (float, _range(0, 1, hi_open=True)),
     "aug_strength": (float, _range(0, 1)),

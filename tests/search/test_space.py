@@ -21,6 +21,14 @@ params:
 """
 
 
+def _with(change: str) -> str:
+    """BASE with the lines of ``change`` in place of its own lines for the same keys (a key
+    given twice is an error of its own)."""
+    keys = {line.split(":")[0] for line in change.splitlines()}
+    kept = [line for line in BASE.splitlines(True) if line.split(":")[0] not in keys]
+    return "".join(kept) + change
+
+
 def test_shipped_spaces_load_and_cover_the_issue_list():
     assert {"tiny", "default"} <= set(shipped_spaces())
     for name in ("tiny", "default"):
@@ -78,7 +86,7 @@ def test_suggest_fills_fixed_values_and_defaults():
         ("  backbone: resnet_fifty\n", r"params.backbone = 'resnet_fifty' is not a timm model"),
         ("  backbone: test_resnett\n", r"did you mean 'test_resnet'"),
         ("  batch_size: 'big'\n", r"params.batch_size = 'big' must be an integer"),
-        ("  batch_size: 0\n", r"params.batch_size = 0 must be in \[1, inf\]"),
+        ("  batch_size: 0\n", r"params.batch_size = 0 must be in \[2, inf\]"),
         (
             "  dropout: {type: float, low: 0.0, high: 1.5}\n",
             r"params.dropout.high = 1.5 must be in \[0, 1\)",
@@ -109,6 +117,7 @@ def test_suggest_fills_fixed_values_and_defaults():
             r"'sgd' .* needs momentum > 0",
         ),
         ("  keep: final\n", r"params.keep = 'final' must be one of .*last"),
+        ("  batch_size: 1\n", r"params.batch_size = 1 must be in \[2"),
         (
             "  keep: {type: categorical, choices: [best, last]}\n  patience: 3\n",
             r"params.patience stops a fold at its best epoch, but params.keep = 'last'",
@@ -117,7 +126,7 @@ def test_suggest_fills_fixed_values_and_defaults():
 )
 def test_bad_params_name_key_and_value(change, message):
     with pytest.raises(SpaceError, match=message):
-        parse_space(BASE + change, where="bad.yaml")
+        parse_space(_with(change), where="bad.yaml")
 
 
 @pytest.mark.parametrize(
@@ -170,3 +179,23 @@ def test_unknown_space_name_lists_shipped_ones(tmp_path):
         load_space("tinyy")
     with pytest.raises(SpaceError, match="not found"):
         load_space(str(tmp_path / "missing.yaml"))
+
+
+def test_a_key_given_twice_is_named_with_its_line_not_silently_the_last():
+    twice = (
+        "params:\n  backbone: test_resnet\n  epochs: {type: int, low: 5, high: 20}\n  epochs: 3\n"
+    )
+    with pytest.raises(
+        SpaceError, match=r"^mine.yaml:4:3: not valid YAML: 'epochs' is given twice"
+    ):
+        parse_space(twice, where="mine.yaml")
+
+
+def test_a_space_with_sections_and_independent_tpe_builds_its_sampler():
+    """TPE's group option needs multivariate; autoclf adds it only where it may."""
+    text = (
+        "params: {backbone: test_resnet, image_size: 16, epochs: 1}\n"
+        "finetune: {lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}}\n"
+        "sampler: {name: tpe, multivariate: false}\n"
+    )
+    assert isinstance(parse_space(text).make_sampler(seed=0), optuna.samplers.TPESampler)
