@@ -111,7 +111,9 @@ def pooled_features(
     view: (views, images, features), float32. Preprocessed exactly as a trained model's
     inputs are (``inference.Preprocess``), so a head trained on them predicts the same with
     the body in front of it."""
-    model = create_model(TrainParams(backbone=backbone, pretrained=True), num_classes=0)
+    # At ``size``: a ViT-style body is built for one input size.
+    body = TrainParams(backbone=backbone, pretrained=True, image_size=size)
+    model = create_model(body, num_classes=0)
     model = model.to(device, memory_format=MEMORY_FORMAT).eval()
     preprocess = Preprocess(backbone, size=size, device=device)
     autocast = autocast_for(device)

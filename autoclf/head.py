@@ -58,7 +58,9 @@ def train_head(
     loss_fn = torch.nn.CrossEntropyLoss(
         weight=class_weights, label_smoothing=params.label_smoothing
     )
-    optimizer = torch.optim.AdamW(head.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    # Weight decay skips the bias, as a fine-tune's optimiser does (optim.param_groups).
+    groups = [{"params": [head.weight]}, {"params": [head.bias], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay)
     batch = min(params.batch_size, len(y))
     steps = params.epochs * math.ceil(len(y) / batch)
     schedule = torch.optim.lr_scheduler.LambdaLR(

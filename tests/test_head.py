@@ -399,3 +399,37 @@ def test_a_mixed_search_runs_both_kinds_on_one_set_of_features(store, photos, tm
     assert sum(log.count("features computed") for log in logs) == 1, logs
     assert all(log.count("features ") == 2 for log in tunes), tunes  # one per fold
     assert all("'lp_ft': True" in log for log in tunes)
+
+
+def test_a_vit_style_body_gives_features_at_the_trial_size(tmp_path, monkeypatch):
+    """ViT-style models are built for one input size: the features' body at the trial's, not
+    timm's default 224 (test_vit's pretrained size is 160)."""
+    import timm
+
+    monkeypatch.setenv(pretrained.ENV_DIR, str(tmp_path))
+    weights = timm.create_model("test_vit").state_dict()
+    pretrained._store(weights, tmp_path / "test_vit.safetensors", source="test", source_sha256="")
+    images = np.zeros((3, 160, 160, 3), np.uint8)
+    features = pooled_features("test_vit", images, size=160, views=feature_views(False), device=CPU)
+    assert features.shape[:2] == (1, 3) and np.isfinite(features).all()
+
+
+def test_a_head_decays_its_weight_but_not_its_bias(monkeypatch):
+    """As the doc says and a fine-tune's optimiser does."""
+    made = []
+    real = torch.optim.AdamW
+
+    class Spy(real):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Spy)
+    params = TrainParams(backbone="test_resnet", kind="head", weight_decay=0.5, epochs=1)
+    features = np.random.default_rng(0).normal(size=(1, 16, 4)).astype(np.float32)
+    labels = np.arange(16) % 2
+    train_head(
+        params, features=features, labels=labels, train_idx=np.arange(16), num_classes=2, seed=0
+    )
+    decay = {tuple(p.shape): g["weight_decay"] for g in made[0].param_groups for p in g["params"]}
+    assert decay == {(2, 4): 0.5, (2,): 0.0}
