@@ -35,10 +35,11 @@ def default_storage_url(study_dir: Path) -> str:
 
 def mask_url(url: str) -> str:
     """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db``."""
-    # The password runs to the last "@" before the host: generated passwords hold "/" and ":",
-    # and one written with a bare "@" must not leave its tail in view.
-    url = re.sub(r"(//[^:/@\s]*:)[^@\s]*(?:@[^@\s/]*(?=@))*@", r"\1***@", url)
-    return re.sub(r"((?:password|pass|pwd)=)[^&]*", r"\1***", url, flags=re.IGNORECASE)
+    # The user runs to the first ":" (Azure's user names hold "@": "user@server"); the
+    # password to the last "@" before the host: generated passwords hold "/" and ":", and one
+    # written with a bare "@" must not leave its tail in view.
+    url = re.sub(r"(//[^:/\s]*:)[^@\s]*(?:@[^@\s/]*(?=@))*@", r"\1***@", url)
+    return re.sub(r"((?:password|passwd|pass|pwd)=)[^&\s]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def _is_rdb(url: str) -> bool:

@@ -21,6 +21,10 @@ from autoclf.search.storage import dashboard_command, mask_url, open_storage
         # Generated passwords hold "/", "+" and ":"; a bare "@" in one is a user's slip.
         ("postgresql://u:ab/c+d:e@h/db", "postgresql://u:***@h/db"),
         ("postgresql://u:pa@ss@h:5432/db", "postgresql://u:***@h:5432/db"),
+        # Azure's user names are user@server; mysqlclient takes passwd=.
+        ("postgresql://az@srv:plainpw@h:5432/db", "postgresql://az@srv:***@h:5432/db"),
+        ("mysql://bob@h/db?passwd=s3cret", "mysql://bob@h/db?passwd=***"),
+        ("postgresql://bob@h:5432/db", "postgresql://bob@h:5432/db"),
         (
             "cannot open storage postgresql://u:x/y@h/db: user@h refused",
             "cannot open storage postgresql://u:***@h/db: user@h refused",
