@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -270,8 +270,9 @@ def _deadline_in(files: StudyFiles, now: datetime) -> float | None:
     if not timeout:
         return None
     path = files.dir / "config.json"
-    started = datetime.fromtimestamp(path.stat().st_mtime)  # naive local, like Optuna's
-    return (started + timedelta(seconds=timeout) - now).total_seconds()
+    # In seconds, not as a datetime (a --timeout of 1e12 s ends after the year 9999); ``now``
+    # is naive local time, as Optuna's are.
+    return path.stat().st_mtime + timeout - now.timestamp()
 
 
 def _devices(gpus: str) -> int:

@@ -10,7 +10,8 @@ import pytest
     [
         (("--trials", "0"), "--trials: must be at least 1, got 0"),
         (("--folds", "1"), "--folds: must be at least 2, got 1"),
-        (("--timeout", "-5"), "--timeout: must be more than 0, got -5"),
+        (("--timeout", "-5"), "--timeout: must be a finite number more than 0, got -5"),
+        (("--timeout", "inf"), "--timeout: must be a finite number more than 0, got inf"),
         (("--loader-workers", "-2"), "--loader-workers: must be at least 0, got -2"),
         (("--folds", "x"), "--folds: invalid int value: 'x'"),
     ],

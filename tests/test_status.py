@@ -269,3 +269,15 @@ def test_status_leaderboard_report_and_finalize_rank_the_trials_alike(tmp_path, 
     console.print(leaderboard(reader, metric))
     rows = [line.split()[0] for line in console.export_text().splitlines() if "±0." in line]
     assert [int(r) for r in rows] == expected
+
+
+def test_a_huge_timeout_is_a_deadline_far_away_not_a_crash(tmp_path):
+    """--timeout 1e12 is past the year 9999, where a datetime overflowed."""
+    from datetime import datetime
+    from types import SimpleNamespace
+
+    from autoclf.status import _deadline_in
+
+    (tmp_path / "config.json").write_text("{}")
+    files = SimpleNamespace(config=SimpleNamespace(timeout=1e12), dir=tmp_path)
+    assert _deadline_in(files, datetime.now()) == pytest.approx(1e12, rel=1e-6)

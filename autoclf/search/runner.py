@@ -154,8 +154,10 @@ def start_over(config: SearchConfig) -> str:
     study_dir = study_dir_for(config).resolve()
     delete = None  # with the default storage, the SQLite file is in the folder
     if config.storage is not None:
-        delete = (
-            f"optuna delete-study --storage {mask_url(config.storage)} --study-name {config.study}"
+        # Quoted: a URL's query string ("?password=***&sslmode=require") holds "&".
+        delete = shlex.join(
+            ["optuna", "delete-study", "--storage", mask_url(config.storage), "--study-name"]
+            + [config.study]
         )
     others = sorted(p.name for p in study_dir.iterdir() if p.name not in STUDY_FILES)
     if others:

@@ -489,10 +489,11 @@ def test_start_over_deletes_the_study_folder_only_when_all_of_it_is_autoclfs(tmp
     (tmp_path / "s" / "cache").mkdir(parents=True)
     (tmp_path / "s" / "index.csv").write_text("path,label,group,fold\n")
     assert start_over(config) == f"rm -r {tmp_path / 's'}"
-    pg = dataclasses.replace(config, storage="postgresql://u:secret@h/db")
+    pg = dataclasses.replace(config, storage="postgresql://u:secret@h/db?password=x&sslmode=a")
+    # Runnable as printed: the "&" of the query and the "***" are quoted for the shell.
     assert start_over(pg) == (
-        f"optuna delete-study --storage postgresql://u:***@h/db --study-name s "
-        f"&& rm -r {tmp_path / 's'}"
+        "optuna delete-study --storage 'postgresql://u:***@h/db?password=***&sslmode=a' "
+        f"--study-name s && rm -r {tmp_path / 's'}"
     )
     (tmp_path / "s" / "notes.txt").write_text("mine")
     assert "rm -r" not in start_over(config) and "'notes.txt' there is not" in start_over(config)
