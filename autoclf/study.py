@@ -57,3 +57,7 @@ def load_study(files: StudyFiles, storage: str | None = None) -> optuna.Study:
         raise AutoclfError(
             f"study {files.config.study!r} is not in storage {mask_url(url)}"
         ) from exc
+    except ImportError:  # open_storage's own message names the driver to install
+        raise
+    except Exception as exc:  # a bad URL, a server down: as search says it, password masked
+        raise AutoclfError(f"cannot open storage {mask_url(url)}: {mask_url(str(exc))}") from exc

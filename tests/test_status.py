@@ -281,3 +281,21 @@ def test_a_huge_timeout_is_a_deadline_far_away_not_a_crash(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     files = SimpleNamespace(config=SimpleNamespace(timeout=1e12), dir=tmp_path)
     assert _deadline_in(files, datetime.now()) == pytest.approx(1e12, rel=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_a_storage_that_cannot_be_opened_is_a_clear_error_with_the_password_masked(
+    finalized_digits, tmp_path, command
+):
+    """As search says it: exit 2 and the URL masked, not a SQLAlchemy traceback."""
+    from tests.conftest import autoclf
+
+    url = "postgresql://u:s3cret@127.0.0.1:1/db"  # nothing listens on port 1
+    done = autoclf(
+        command, "--study", "s", "--studies-dir", str(finalized_digits), "--storage", url,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "cannot open storage postgresql://u:***@127.0.0.1:1/db" in done.stderr
+    assert "s3cret" not in done.stdout + done.stderr and "Traceback" not in done.stderr
