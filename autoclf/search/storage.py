@@ -30,7 +30,12 @@ MAX_RETRY = 2  # a lost trial is re-run with the same parameters at most this ma
 
 
 def default_storage_url(study_dir: Path) -> str:
-    return f"sqlite:///{(study_dir / 'study.db').resolve()}"
+    path = str((study_dir / "study.db").resolve())
+    # SQLAlchemy takes "?" for a query's start and decodes "%XX": a folder named so would put
+    # the database somewhere else.
+    for char, code in (("%", "%25"), ("?", "%3F"), ("#", "%23")):
+        path = path.replace(char, code)
+    return f"sqlite:///{path}"
 
 
 def mask_url(url: str) -> str:
@@ -216,7 +221,8 @@ def claim_lock(url: str, study_name: str) -> ClaimLock:
     this process only, so workers on several machines may overshoot ``--trials`` slightly.
     """
     if url.startswith("sqlite:///") and ":memory:" not in url:
-        return atomic.FileLock(Path(url.removeprefix("sqlite:///")).with_suffix(".claim.lock"))
+        database = sqlalchemy.engine.make_url(url).database  # the file, as SQLAlchemy reads it
+        return atomic.FileLock(Path(database).with_suffix(".claim.lock"))
     if re.match(r"^postgres(ql)?(\+\w+)?://", url):
         return _PostgresLock(url, zlib.crc32(f"autoclf:{study_name}".encode()))
     return _LocalLock()

@@ -76,3 +76,18 @@ def test_the_wrappers_of_optunas_private_api_still_do_their_job(tmp_path):
     assert storage.fail_trial(study, stale[0], "lost", retry=False)
     assert study.trials[0].state == TrialState.FAIL
     assert storage.stale_trial_ids(optuna.create_study()) == ([], None)  # in memory: none
+
+
+def test_a_study_folder_named_with_url_characters_keeps_its_database_inside(tmp_path):
+    """SQLAlchemy cuts a URL at "?" and decodes "%41": the database went to another file."""
+    import optuna
+
+    from autoclf.search.storage import claim_lock, default_storage_url
+
+    study_dir = tmp_path / "runs?v=2 %41#1" / "s"
+    study_dir.mkdir(parents=True)
+    url = default_storage_url(study_dir)
+    optuna.create_study(study_name="s", storage=open_storage(url))
+    assert [p.name for p in tmp_path.rglob("*.db")] == ["study.db"]
+    assert (study_dir / "study.db").is_file()
+    assert claim_lock(url, "s").path == study_dir / "study.claim.lock"
