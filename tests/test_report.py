@@ -141,3 +141,20 @@ def test_report_after_the_images_moved_says_so_instead_of_crashing(finalized, tm
     assert ">Grad-CAM<" not in mistakes
     assert f"No Grad-CAM: {n} of the {n} training images are no longer" in html
     assert str(gone) in html  # the first missing file, named
+
+
+def test_a_stale_label_list_is_named_with_its_path_escaped(tmp_path):
+    """A studies folder may be named anything: its path goes into the page as text."""
+    import time
+    from types import SimpleNamespace
+
+    from autoclf.reports.study import _label_issues
+
+    final = tmp_path / "st <b>&'\"x" / "s" / "final"
+    final.mkdir(parents=True)
+    (final / "label_issues.csv").write_text("path,given,suggested,score\n")
+    time.sleep(0.01)
+    (final / "oof.npy").write_bytes(b"")  # newer: the list is from an earlier final model
+    files = SimpleNamespace(dir=final.parent, config=SimpleNamespace(study="s"))
+    html = _label_issues(files)
+    assert "is from an earlier" in html and "<b>" not in html and "st &lt;b&gt;&amp;" in html

@@ -309,8 +309,8 @@ def _label_issues(files: StudyFiles) -> str:
         )
     if found.stat().st_mtime < (final / "oof.npy").stat().st_mtime:
         return (
-            f"<h2>Likely label errors</h2><p class='muted'>{found} is from an earlier final "
-            f"model: run {command} again.</p>"
+            f"<h2>Likely label errors</h2><p class='muted'>{escape(found)} is from an earlier "
+            f"final model: run {command} again.</p>"
         )
     issues = labels.read_csv(found)
     if not issues:
