@@ -1,27 +1,45 @@
-"""Albumentations pipelines on cached uint8 images; strength 0 means resize only.
+"""Albumentations pipelines on cached uint8 images; strength 0 means none.
 
 Pipelines stop at a uint8 CHW tensor. Normalisation happens on the device, in the trainer,
-so a quarter of the bytes cross to the GPU and the loader workers do less arithmetic.
+so a quarter of the bytes cross to the GPU and the loader workers do less arithmetic. So does
+the resize of un-augmented images, where the cache holds another size: with the weights'
+interpolation and antialiasing, exactly as validation and predict resize them.
 """
 
 from __future__ import annotations
 
 import albumentations as A
+import cv2
 from albumentations.pytorch import ToTensorV2
+
+# OpenCV's flags for the interpolations timm's pretrained configs name (models.interpolation).
+CV2_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 
 
 def train_transform(
-    *, strength: float, size: int, hflip: bool = True, seed: int | None = None
+    *,
+    strength: float,
+    size: int,
+    hflip: bool = True,
+    seed: int | None = None,
+    interpolation: str = "bilinear",
 ) -> A.Compose:
     """Random augmentation whose magnitude and probability scale with ``strength`` in [0, 1].
-    ``hflip=False`` leaves out horizontal flips (for digits, text, anything with a handedness)."""
+    ``hflip=False`` leaves out horizontal flips (for digits, text, anything with a handedness).
+    The random crop is resized with the weights' ``interpolation``, and by area where it
+    shrinks (antialiased, as the eval resize is)."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"aug_strength must be in [0, 1], got aug_strength={strength}")
     if strength == 0.0:
-        return eval_transform(size=size, seed=seed)
+        return eval_transform(seed=seed)
     s = strength
     ops: list[A.BasicTransform] = [
-        A.RandomResizedCrop(size=(size, size), scale=(max(0.08, 1.0 - 0.75 * s), 1.0)),
+        A.RandomResizedCrop(
+            size=(size, size),
+            scale=(max(0.08, 1.0 - 0.75 * s), 1.0),
+            interpolation=CV2_INTERPOLATION[interpolation],
+            area_for_downscale="image",
+        ),
         *([A.HorizontalFlip(p=0.5)] if hflip else []),
         A.Affine(
             scale=(1.0 - 0.2 * s, 1.0 + 0.2 * s),
@@ -45,6 +63,7 @@ def train_transform(
     return A.Compose([*ops, ToTensorV2()], seed=seed)
 
 
-def eval_transform(*, size: int, seed: int | None = None) -> A.Compose:
-    """Resize only (a no-op when the cache is already at ``size``)."""
-    return A.Compose([A.Resize(size, size), ToTensorV2()], seed=seed)
+def eval_transform(*, seed: int | None = None) -> A.Compose:
+    """No change: the trainer's ``Preprocess`` resizes on the device where the cache holds
+    another size, as it does for validation and predict."""
+    return A.Compose([ToTensorV2()], seed=seed)

@@ -24,7 +24,7 @@ from autoclf.config import TrainParams
 from autoclf.errors import AutoclfError
 from autoclf.inference import Preprocess, amp_dtype, autocast_for, predict_views, rows_per_pass
 from autoclf.metrics import Metric, get_metric
-from autoclf.models import MEMORY_FORMAT, create_model, head_parameters, set_head
+from autoclf.models import MEMORY_FORMAT, create_model, head_parameters, interpolation, set_head
 from autoclf.optim import LRSchedule, build_optimizer
 from autoclf.threads import follow_free_cores
 
@@ -159,7 +159,11 @@ def fit(
         labels,
         train_idx,
         train_transform(
-            strength=params.aug_strength, size=params.image_size, hflip=params.hflip, seed=seed
+            strength=params.aug_strength,
+            size=params.image_size,
+            hflip=params.hflip,
+            seed=seed,
+            interpolation=interpolation(params.backbone),
         ),
     )
     # Dropping the ragged last batch keeps BatchNorm away from a batch of one.
