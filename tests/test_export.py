@@ -16,6 +16,7 @@ import pytest
 from autoclf import export
 from autoclf.errors import AutoclfError
 from autoclf.export import export_onnx
+from autoclf.models import interpolation
 from autoclf.predictor import Predictor, to_pixels
 from tests.conftest import autoclf as autoclf_command
 from tests.studies import finalize_study
@@ -199,9 +200,12 @@ def test_the_export_command_with_resized_members_and_every_view(finalized_digits
     assert "at 11 px" in done.stdout and "8 view(s)" in done.stdout
     meta = json.loads((tmp_path / "m.json").read_text())
     assert meta["check"]["images"] == 64 and meta["check"]["max_abs_diff"] <= 1e-4
+    # Each member in its backbone's interpolation; the two backbones have one each.
     resizes = [m["resize"] for m in meta["members"]]
-    assert resizes[0].startswith("antialiased bilinear from 16 to 11 px")
-    assert resizes[1].startswith("antialiased bicubic from 16 to 13 px")
+    for member, size, resize in zip(manifest["members"], (11, 13), resizes, strict=True):
+        mode = interpolation(member["params"]["backbone"])
+        assert resize.startswith(f"antialiased {mode} from 16 to {size} px"), resize
+    assert {resize.split()[1] for resize in resizes} == {"bilinear", "bicubic"}
 
     missing = autoclf_command(
         "export", "--study", "nope", "--studies-dir", str(studies), cwd=tmp_path
