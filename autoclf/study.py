@@ -13,7 +13,7 @@ from autoclf.config import SearchConfig, study_path
 from autoclf.data.index import DataIndex, load_index
 from autoclf.errors import AutoclfError
 from autoclf.search.space import SearchSpace, parse_space
-from autoclf.search.storage import default_storage_url, mask_url, open_storage
+from autoclf.search.storage import cannot_open, default_storage_url, mask_url, open_storage
 
 
 @dataclass(frozen=True)
@@ -59,5 +59,5 @@ def load_study(files: StudyFiles, storage: str | None = None) -> optuna.Study:
         ) from exc
     except ImportError:  # open_storage's own message names the driver to install
         raise
-    except Exception as exc:  # a bad URL, a server down: as search says it, password masked
-        raise AutoclfError(f"cannot open storage {mask_url(url)}: {mask_url(str(exc))}") from exc
+    except Exception as exc:  # a bad URL, a server down: as search says it
+        raise cannot_open(url, exc) from exc

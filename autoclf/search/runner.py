@@ -38,6 +38,7 @@ from autoclf.search.events import EventFn, TrialFinished, ignore
 from autoclf.search.objective import Objective
 from autoclf.search.space import SearchSpace, load_space, same_search
 from autoclf.search.storage import (
+    cannot_open,
     claim_lock,
     default_storage_url,
     mask_url,
@@ -348,10 +349,8 @@ def _open_study(
     """The study in its storage, created if new; and whether it existed."""
     try:
         storage = open_storage(storage_url, heartbeat=config.heartbeat)
-    except Exception as exc:  # SQLAlchemy/driver errors carry the URL; never show its password
-        raise AutoclfError(
-            f"cannot open storage {mask_url(storage_url)}: {mask_url(str(exc))}"
-        ) from exc
+    except Exception as exc:  # a missing driver too
+        raise cannot_open(storage_url, exc) from exc
     resumed = config.study in {s.study_name for s in optuna.get_all_study_summaries(storage)}
     study = optuna.create_study(
         storage=storage,

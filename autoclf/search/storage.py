@@ -22,6 +22,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from autoclf import atomic
+from autoclf.errors import AutoclfError
 from autoclf.search import record
 
 HEARTBEAT_INTERVAL_S = 60
@@ -45,6 +46,12 @@ def mask_url(url: str) -> str:
     # written with a bare "@" must not leave its tail in view.
     url = re.sub(r"(//[^:/\s]*:)[^@\s]*(?:@[^@\s/]*(?=@))*@", r"\1***@", url)
     return re.sub(r"((?:password|passwd|pass|pwd)=)[^&\s]*", r"\1***", url, flags=re.IGNORECASE)
+
+
+def cannot_open(url: str, exc: BaseException) -> AutoclfError:
+    """The error for a storage that would not open: its URL and why, passwords masked
+    (SQLAlchemy's and the drivers' messages carry the URL)."""
+    return AutoclfError(f"cannot open storage {mask_url(url)}: {mask_url(str(exc))}")
 
 
 def _is_rdb(url: str) -> bool:
