@@ -1430,14 +1430,13 @@ def leaderboard(study: optuna.Study, metric: str, top: int = 10) -> Table | Text
         ("time", [f"{r.duration_s or 0:.0f}s" for r in board.rows], None),
     ]
     # Where the terminal is too narrow for every setting, the last (least telling) ones give
-    # way whole, rather than every value being cut short. A column takes its widest cell and
-    # one space.
-    width = sum(max(map(len, (name, *cells))) + 1 for name, cells, _ in columns)
+    # way whole, rather than every value being cut short.
+    width = sum(_column_width(name, cells) for name, cells, _ in columns)
     left_out: list[str] = []
     for name, cells, key in reversed(settings[1:]):
         if width <= console.width:
             break
-        width -= max(map(len, (name, *cells))) + 1
+        width -= _column_width(name, cells)
         left_out.insert(0, key)
     table = _table(f"study {study.study_name}: {summary}")
     if left_out:
@@ -1449,6 +1448,11 @@ def leaderboard(study: optuna.Study, metric: str, top: int = 10) -> Table | Text
     for row in zip(*(cells for _, cells, _ in shown), strict=True):
         table.add_row(*row)
     return table
+
+
+def _column_width(header: str, cells: list[str]) -> int:
+    """A table column's width: its widest cell and the one space after it."""
+    return max(map(len, (header, *cells))) + 1
 
 
 def _fmt_params(params: dict) -> str:
