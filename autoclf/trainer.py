@@ -130,9 +130,9 @@ def fit(
     changing the training: each batch of ``params.batch_size`` accumulates its gradient over
     chunks and takes one optimizer step. A trial that ran out of GPU memory can retry with it.
     (BatchNorm still sees the chunks, not the whole batch.) On a CPU, where BatchNorm does not
-    train (``freeze_bn``) and the loss has no class weights, chunks of
-    :func:`~autoclf.inference.rows_per_pass` rows are the default: the same training, about
-    1.6x as fast as one big pass at 224 px.
+    train (``freeze_bn``), chunks of :func:`~autoclf.inference.rows_per_pass` rows are the
+    default: the same training, class weights or not, about 1.6x as fast as one big pass at
+    224 px.
     """
     if micro_batch is not None and micro_batch < 1:
         raise ValueError(f"micro_batch must be at least 1, got {micro_batch}")
