@@ -37,8 +37,10 @@ if TYPE_CHECKING:
 # Heavy modules (torch, timm, optuna, scikit-learn, OpenCV) are imported by the command that
 # needs them, so that `autoclf --help` answers at once.
 
-console = Console()
-err_console = Console(stderr=True)
+# No markup: what autoclf prints holds class names, paths and error messages, and Rich would
+# read "[old]" in "cats [old]" as a style and drop it. Styled parts are Text spans.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 # Leaderboard headers, short enough for a study that searches ten settings to fit a terminal.
 SHORT = {
@@ -100,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Signalled) else signal.SIGINT
-        err_console.print(f"[yellow]interrupted ({signal.Signals(signum).name})[/]")
+        err_console.print(Text(f"interrupted ({signal.Signals(signum).name})", "yellow"))
         return 128 + signum
     finally:
         for signum, handler in previous.items():
@@ -610,8 +612,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     status = study_status(files, study)
     counts = ", ".join(f"{n} {state.lower()}" for state, n in status.counts.items() if n)
     console.print(
-        f"study [bold]{status.study}[/]: {status.finished} of {status.target} trials finished"
-        f" ({counts or 'no trials yet'}); {status.metric}, {status.direction}d",
+        Text.assemble(
+            "study ",
+            (status.study, "bold"),
+            f": {status.finished} of {status.target} trials finished"
+            f" ({counts or 'no trials yet'}); {status.metric}, {status.direction}d",
+        ),
         highlight=False,
     )
     if status.leaderboard:
@@ -634,7 +640,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         console.print("no trial is running", highlight=False)
     for number, reason in status.failures[:5]:
-        console.print(f"[red]failed #{number}[/]: {reason}", highlight=False, soft_wrap=True)
+        console.print(
+            Text.assemble((f"failed #{number}", "red"), f": {reason}"),
+            highlight=False,
+            soft_wrap=True,
+        )
     if len(status.failures) > 5:
         console.print(f"… and {len(status.failures) - 5} more failed trial(s)", highlight=False)
     of_budget = "" if status.epoch_budget is None else f" of --epoch-budget {status.epoch_budget}"
@@ -643,7 +653,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         left = "unknown"
     else:
         left = "none" if status.eta_s == 0 else f"about {_duration(status.eta_s)}"
-    console.print(f"time left: [bold]{left}[/] ({status.eta_basis})", highlight=False)
+    console.print(
+        Text.assemble("time left: ", (left, "bold"), f" ({status.eta_basis})"), highlight=False
+    )
     return 0
 
 
@@ -697,8 +709,11 @@ def cmd_labels(args: argparse.Namespace) -> int:
         )
     if found.hard_vote:
         console.print(
-            "[yellow]the final model votes hard:[/] its out-of-fold predictions are vote shares, "
-            "coarser evidence than probabilities (`finalize --vote soft` gives finer)",
+            Text.assemble(
+                ("the final model votes hard:", "yellow"),
+                " its out-of-fold predictions are vote shares, coarser evidence than "
+                "probabilities (`finalize --vote soft` gives finer)",
+            ),
             highlight=False,
         )
     if found.issues:
@@ -748,8 +763,12 @@ def _print_survey(found) -> None:
     ratio = found.imbalance
     style = "yellow" if ratio >= IMBALANCED else "green"
     console.print(
-        f"imbalance: [{style}]{ratio:.2f}:1[/] (largest / smallest class)"
-        + ("; --metric auto will score by f1_macro" if ratio >= IMBALANCED else ""),
+        Text.assemble(
+            "imbalance: ",
+            (f"{ratio:.2f}:1", style),
+            " (largest / smallest class)",
+            "; --metric auto will score by f1_macro" if ratio >= IMBALANCED else "",
+        ),
         highlight=False,
     )
     decoded = found.decoded
@@ -772,15 +791,19 @@ def _print_survey(found) -> None:
     bad = found.bad
     if bad:
         console.print(
-            f"[red]{len(bad)} file(s) cannot be decoded[/] (search stops on them unless "
-            "given --skip-bad-images):",
+            Text.assemble(
+                (f"{len(bad)} file(s) cannot be decoded", "red"),
+                " (search stops on them unless given --skip-bad-images):",
+            ),
             highlight=False,
         )
         for im in bad:
             console.print(f"  {im.problem}", highlight=False, soft_wrap=True)
     for i, reasons in found.odd():
         console.print(
-            f"[yellow]stands out:[/] {found.images[i].path}: {'; '.join(reasons)}",
+            Text.assemble(
+                ("stands out:", "yellow"), f" {found.images[i].path}: {'; '.join(reasons)}"
+            ),
             highlight=False,
             soft_wrap=True,
         )
@@ -788,9 +811,12 @@ def _print_survey(found) -> None:
     if dups.groups:
         mixed = dups.spanning_classes([im.label for im in found.images])
         console.print(
-            f"duplicates: {dups.images} images in {len(dups.groups)} set(s) of exact or "
-            "near-identical images (search keeps each set within one fold)"
-            + (f"; [yellow]{len(mixed)} set(s) carry different labels[/]" if mixed else ""),
+            Text.assemble(
+                f"duplicates: {dups.images} images in {len(dups.groups)} set(s) of exact or "
+                "near-identical images (search keeps each set within one fold)",
+                "; " if mixed else "",
+                (f"{len(mixed)} set(s) carry different labels" if mixed else "", "yellow"),
+            ),
             highlight=False,
         )
         for group in dups.groups[:5]:
@@ -824,7 +850,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     space = args.space
     if space is None:
         space, why = ("default", "on GPU") if on_gpu else _cpu_space()
-        console.print(f"space: [bold]{space}[/] ({why}; choose with --space)", soft_wrap=True)
+        console.print(
+            Text.assemble("space: ", (space, "bold"), f" ({why}; choose with --space)"),
+            soft_wrap=True,
+        )
     data = _data_arg(args.data)
     config = SearchConfig(
         data=data,
@@ -893,8 +922,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         name = signal.Signals(result.interrupted).name
         requeued = ", ".join(f"#{n}" for n in result.interrupted_trials) or "none"
         err_console.print(
-            f"[yellow]stopped by {name}[/]: running trial(s) {requeued} failed and queued "
-            "again; run the same command to resume",
+            Text.assemble(
+                (f"stopped by {name}", "yellow"),
+                f": running trial(s) {requeued} failed and queued again; "
+                "run the same command to resume",
+            ),
             highlight=False,
             soft_wrap=True,
         )
@@ -983,13 +1015,19 @@ def _budget_words(prepared) -> str:
 def _print_duplicates(prepared) -> None:
     found, index = prepared.duplicates, prepared.index
     kept = (
-        "each kept within one fold"
+        Text("each kept within one fold")
         if prepared.config.duplicates == "group"
-        else "[yellow]not grouped (--duplicates ignore): copies may sit on both sides of a split[/]"
+        else Text(
+            "not grouped (--duplicates ignore): copies may sit on both sides of a split", "yellow"
+        )
     )
     console.print(
-        f"duplicates: {found.images} images in {len(found.groups)} set(s) of exact or "
-        f"near-identical images, {kept}; listed in {prepared.study_dir / 'duplicates.csv'}",
+        Text.assemble(
+            f"duplicates: {found.images} images in {len(found.groups)} set(s) of exact or "
+            "near-identical images, ",
+            kept,
+            f"; listed in {prepared.study_dir / 'duplicates.csv'}",
+        ),
         highlight=False,
         soft_wrap=True,
     )
@@ -997,8 +1035,10 @@ def _print_duplicates(prepared) -> None:
     if mixed:
         first = ", ".join(index.paths[i] for i in mixed[0])
         console.print(
-            f"[yellow]{len(mixed)} duplicate set(s) carry different labels[/] (the same picture "
-            f"filed under two classes?), e.g. {first}",
+            Text.assemble(
+                (f"{len(mixed)} duplicate set(s) carry different labels", "yellow"),
+                f" (the same picture filed under two classes?), e.g. {first}",
+            ),
             highlight=False,
             soft_wrap=True,
         )
@@ -1018,34 +1058,44 @@ def _print_study(prepared, *, chosen: bool) -> None:
     if chosen and not prepared.resumed:
         why = "imbalanced" if ratio >= IMBALANCED else "balanced"
         console.print(
-            f"metric: [bold]{config.metric}[/] (--metric auto; classes {why}, {ratio:.1f}:1)",
+            Text.assemble(
+                "metric: ",
+                (config.metric, "bold"),
+                f" (--metric auto; classes {why}, {ratio:.1f}:1)",
+            ),
             highlight=False,
         )
     if ratio >= IMBALANCED and config.metric == "accuracy":
         console.print(
-            f"[yellow]classes are imbalanced ({ratio:.1f}:1)[/]: accuracy rewards predicting "
-            "the common classes; consider a new study with --metric f1_macro "
-            "and --balance weights or sampler",
+            Text.assemble(
+                (f"classes are imbalanced ({ratio:.1f}:1)", "yellow"),
+                ": accuracy rewards predicting the common classes; consider a new study with "
+                "--metric f1_macro and --balance weights or sampler",
+            ),
             highlight=False,
         )
     if prepared.duplicates is not None and prepared.duplicates.groups:
         _print_duplicates(prepared)
     if prepared.excluded:
         console.print(
-            f"[yellow]left out {len(prepared.excluded)} image(s) that cannot be decoded[/]; "
-            f"listed in {prepared.study_dir / 'excluded.csv'}",
+            Text.assemble(
+                (f"left out {len(prepared.excluded)} image(s) that cannot be decoded", "yellow"),
+                f"; listed in {prepared.study_dir / 'excluded.csv'}",
+            ),
             highlight=False,
             soft_wrap=True,
         )
     cv = describe_study_cv(prepared.study_dir, config, prepared.index)
     console.print(
-        f"study [bold]{study.study_name}[/]: "
-        + (
+        Text.assemble(
+            "study ",
+            (study.study_name, "bold"),
+            ": ",
             f"resumed with {prepared.finished()} finished trial(s)"
             if prepared.resumed
-            else "created"
+            else "created",
+            f"; {cv}; metric {config.metric}; space {prepared.space.name}",
         )
-        + f"; {cv}; metric {config.metric}; space {prepared.space.name}"
     )
     # soft_wrap: a command or URL broken over two lines cannot be copied and pasted.
     console.print(f"storage: {mask_url(prepared.storage_url)}", highlight=False, soft_wrap=True)
@@ -1195,7 +1245,7 @@ def cmd_weights_list(args: argparse.Namespace) -> int:
         if source.kind in ("hub", "missing"):
             hub = source.kind == "hub"  # ask the network once
         colour = {"missing": "red", "hub": "yellow"}.get(source.kind, "green")
-        table.add_row(name, f"[{colour}]{source.kind}[/]", source.detail)
+        table.add_row(name, Text(source.kind, colour), source.detail)
     console.print(table)
     return 0
 
@@ -1238,7 +1288,10 @@ def _print_skipped(skipped: dict[str, str]) -> None:
     """The images --skip-bad-images left out of the predictions, each with its reason."""
     if skipped:
         console.print(
-            f"[yellow]left out {len(skipped)} image(s) that cannot be decoded[/] (no prediction):",
+            Text.assemble(
+                (f"left out {len(skipped)} image(s) that cannot be decoded", "yellow"),
+                " (no prediction):",
+            ),
             highlight=False,
         )
         for reason in skipped.values():  # each reason names its file
@@ -1293,7 +1346,7 @@ def _final_table(result) -> Table:
         "hard", "", "", "", f"{e['hard']['plain']:.4f}", f"{e['hard']['tta']:.4f}", "", ""
     )
     table.add_row(
-        "final", f"{result.vote} vote", "", "", "", f"[bold]{result.oof_score:.4f}[/]", "", ""
+        "final", f"{result.vote} vote", "", "", "", Text(f"{result.oof_score:.4f}", "bold"), "", ""
     )
     return table
 

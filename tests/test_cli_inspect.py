@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from tests.conftest import autoclf
+from autoclf import cli
+from tests.conftest import autoclf, save_image
 from tests.messy import PHOTOS, messy_folder
 
 
@@ -33,3 +34,17 @@ def test_inspect_summarises_in_the_terminal_and_writes_an_offline_page(tmp_path)
     for heading in ("Class distribution", "Image sizes", "Problems", "Samples", "Duplicates"):
         assert f"<h2>{heading}" in page
     assert str(odd["copy"]) in page and str(odd["corrupt"]) in page
+
+
+def test_class_names_and_paths_print_as_written_not_read_as_markup(tmp_path, capsys):
+    # Rich read "[old]" as a style and dropped it: `cats [old]` printed as `cats `.
+    data = tmp_path / "data"
+    for c, name in enumerate(("cats [old]", "dogs [red]")):
+        for i in range(3):
+            save_image(data / name / f"{i}.png", seed=10 * c + i)
+    (data / "dogs [red]" / "[b]broken.png").write_bytes(b"not an image")
+    assert cli.main(["inspect", str(data), "--html", str(tmp_path / "look.html")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"cats \[old\]\s+3\s", out) and re.search(r"dogs \[red\]\s+4\s", out)
+    assert "1 file(s) cannot be decoded" in out
+    assert str(data / "dogs [red]" / "[b]broken.png") in out.replace("\n", "")
