@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--html",
         default=None,
         metavar="PATH",
-        help="where to write the page (default ./inspect-<DATA name>.html)",
+        help="the page to write, or a folder for it (default ./inspect-<DATA name>.html)",
     )
     look.add_argument(
         "--samples", type=_positive_int, default=8, help="sample images per class (default 8)"
@@ -429,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         default=None,
         metavar="CSV",
-        help="CSV to write (default studies/NAME/final/predictions-<DATA name>.csv)",
+        help="the CSV to write, or a folder for it "
+        "(default studies/NAME/final/predictions-<DATA name>.csv)",
     )
     pred.add_argument(
         "--skip-bad-images",
@@ -482,7 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
         "mistakes with Grad-CAM.",
     )
     rep.add_argument("--storage", default=None, help="the study's storage URL, if not its own")
-    rep.add_argument("--out", default=None, metavar="PATH", help="default studies/NAME/report.html")
+    rep.add_argument(
+        "--out",
+        default=None,
+        metavar="PATH",
+        help="the page to write, or a folder for it (default studies/NAME/report.html)",
+    )
     rep.set_defaults(run=cmd_report)
 
     lab = command(
@@ -677,7 +683,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     files = open_study_dir(args.studies_dir, args.study)
     with console.status("writing the report"):
-        target = write_study_report(files, load_study(files, args.storage), args.out)
+        target = write_study_report(
+            files, load_study(files, args.storage), _out_path(args.out, files.dir / "report.html")
+        )
     console.print(f"report: {target.resolve()}", soft_wrap=True, highlight=False)
     return 0
 
@@ -741,7 +749,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         found = survey(index, source=data, on_progress=advance)
     _print_survey(found)
     name = Path(data).name if data not in BUILTIN else data
-    target = Path(args.html) if args.html else Path(f"inspect-{name or 'data'}.html")
+    target = _out_path(args.html, Path(f"inspect-{name or 'data'}.html"))
     write_inspect_report(found, target, samples_per_class=args.samples)
     console.print(f"report: {target.resolve()}", soft_wrap=True, highlight=False)
     return 0
@@ -1163,7 +1171,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         studies_dir=args.studies_dir,
         skip_bad=args.skip_bad_images,
     )
-    out = Path(args.out) if args.out else final_dir / predictions_name(data)
+    out = _out_path(args.out, final_dir / predictions_name(data))
     write_predictions(result, out)
     _print_skipped(result.skipped)
     console.print(f"{len(result.paths)} predictions: {out}", soft_wrap=True, highlight=False)
@@ -1274,6 +1282,15 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
         target = pretrained.download(name, store=store)
         console.print(f"{name}: {target}", soft_wrap=True, highlight=False)
     return 0
+
+
+def _out_path(given: str | None, default: Path) -> Path:
+    """Where a command writes its file: ``given``, the default's name inside ``given`` when
+    that is a folder (as ``export --out`` takes one), else ``default``."""
+    if not given:
+        return default
+    path = Path(given)
+    return path / default.name if path.is_dir() else path
 
 
 def predictions_name(data: str) -> str:

@@ -48,3 +48,18 @@ def test_class_names_and_paths_print_as_written_not_read_as_markup(tmp_path, cap
     assert re.search(r"cats \[old\]\s+3\s", out) and re.search(r"dogs \[red\]\s+4\s", out)
     assert "1 file(s) cannot be decoded" in out
     assert str(data / "dogs [red]" / "[b]broken.png") in out.replace("\n", "")
+
+
+def test_a_folder_given_for_the_page_gets_the_default_name_in_it(tmp_path, capsys):
+    # A folder was a traceback (IsADirectoryError) after every image was decoded; now it takes
+    # the default name, as `export --out` does (`predict --out` and `report --out` too).
+    for c, name in enumerate(("a", "b")):
+        save_image(tmp_path / "data" / name / "0.png", seed=c)
+    (tmp_path / "pages").mkdir()
+    assert cli.main(["inspect", str(tmp_path / "data"), "--html", str(tmp_path / "pages")]) == 0
+    assert (tmp_path / "pages" / "inspect-data.html").stat().st_size > 100_000
+    assert f"report: {tmp_path / 'pages' / 'inspect-data.html'}" in capsys.readouterr().out
+    default = tmp_path / "final" / "predictions-val.csv"
+    assert cli._out_path(str(tmp_path / "pages"), default) == tmp_path / "pages" / default.name
+    assert cli._out_path(str(tmp_path / "p.csv"), default) == tmp_path / "p.csv"
+    assert cli._out_path(None, default) == default
