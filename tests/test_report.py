@@ -143,6 +143,30 @@ def test_report_after_the_images_moved_says_so_instead_of_crashing(finalized, tm
     assert str(gone) in html  # the first missing file, named
 
 
+def test_report_with_a_training_image_that_no_longer_decodes_skips_grad_cam(finalized, tmp_path):
+    """An image overwritten since the search: Grad-CAM (which decodes every training image
+    again) is left out with the file named, not the whole report refused with a hint to pass
+    --skip-bad-images, which `report` does not take."""
+    studies = tmp_path / "studies"
+    shutil.copytree(finalized, studies)
+    csv_path = studies / "s" / "index.csv"
+    index, folds = load_index(csv_path)
+    copies = tmp_path / "data"
+    copies.mkdir()
+    paths = [
+        str(shutil.copy(p, copies / f"{i}{Path(p).suffix}")) for i, p in enumerate(index.paths)
+    ]
+    Path(paths[0]).write_bytes(b"overwritten <not> an image")
+    save_index(dataclasses.replace(index, paths=tuple(paths)), folds, csv_path)
+
+    out = autoclf("report", "--study", "s", "--studies-dir", str(studies), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr + out.stdout
+    mistakes = (studies / "s" / "report.html").read_text().split("<h2>Worst mistakes")[1]
+    assert ">Grad-CAM<" not in mistakes
+    assert "No Grad-CAM: 1 training image(s) no longer decode (" in mistakes
+    assert paths[0] in mistakes
+
+
 def test_a_stale_label_list_is_named_with_its_path_escaped(tmp_path):
     """A studies folder may be named anything: its path goes into the page as text."""
     import time

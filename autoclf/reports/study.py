@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoclf import atomic
-from autoclf.data.cache import decode_square
+from autoclf.data.cache import BadImagesError, decode_square
 from autoclf.data.folds import describe_study_cv
 from autoclf.errors import AutoclfError, DataError
 from autoclf.metrics import get_metric
@@ -268,7 +268,13 @@ def _mistakes(files: StudyFiles, summary: dict, oof: np.ndarray) -> str:
     worst = wrong[np.argsort(-oof[wrong, predicted[wrong]], kind="stable")][:MISTAKES]
     member = max(summary["members"], key=lambda m: m["weight"])  # Grad-CAM's model
     no_heat = _why_no_heat_maps(files, member)
-    heat = None if no_heat else _heat_maps(files, member, worst, predicted[worst])
+    heat = None
+    if not no_heat:
+        try:
+            heat = _heat_maps(files, member, worst, predicted[worst])
+        except BadImagesError as exc:  # changed since the search: the rest of the page stands
+            first = next(iter(exc.bad.values()))
+            no_heat = f"{len(exc.bad)} training image(s) no longer decode ({first})"
     classes = files.index.classes
     tiles = []
     for k, i in enumerate(worst):
@@ -287,7 +293,7 @@ def _mistakes(files: StudyFiles, summary: dict, oof: np.ndarray) -> str:
         "Each with a Grad-CAM overlay: where the member with the largest weight, in the fold "
         "model that held the image out, found evidence for the wrong class."
         if heat is not None
-        else f"No Grad-CAM: {no_heat}."
+        else f"No Grad-CAM: {escape(no_heat)}."
     )
     return (
         f"<h2>Worst mistakes (out-of-fold)</h2><p>The {len(worst)} most confident wrong "
