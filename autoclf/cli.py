@@ -141,13 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     quiet = argparse.ArgumentParser(add_help=False)
     _add_quiet(quiet)
     store = argparse.ArgumentParser(add_help=False)
-    store.add_argument(
-        "--weights-dir",
-        default=None,
-        metavar="DIR",
-        help="autoclf's store of pretrained weights (default $AUTOCLF_WEIGHTS, else "
-        "~/.cache/autoclf/weights); see `autoclf weights`",
-    )
+    _add_store(store)
     # A study made by `search`, read by every later command.
     study = argparse.ArgumentParser(add_help=False)
     study.add_argument(
@@ -521,8 +515,13 @@ def build_parser() -> argparse.ArgumentParser:
     actions = weights.add_subparsers(
         title="actions", metavar="ACTION", required=True, help="what to do with the store"
     )
+    # -q and --weights-dir after the action too; SUPPRESS: an action's default must not
+    # overwrite what was given before it (`autoclf weights -q list`).
+    after = argparse.ArgumentParser(add_help=False)
+    _add_quiet(after, default=argparse.SUPPRESS)
+    _add_store(after, default=argparse.SUPPRESS)
     listing = actions.add_parser(
-        "list", help="each backbone of a space, and where its weights come from"
+        "list", parents=[after], help="each backbone of a space, and where its weights come from"
     )
     listing.add_argument(
         "--space", default="cpu", help="a shipped space or a YAML file (default cpu)"
@@ -530,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(run=cmd_weights_list)
     importing = actions.add_parser(
         "import",
+        parents=[after],
         help="a checkpoint under other key names becomes timm's, in the store",
         description="Match FILE's tensors (a .pth/.pt state dict or safetensors; nothing is "
         "unpickled) in order to timm's BACKBONE by shape, buffers only to buffers, and store "
@@ -543,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     importing.set_defaults(run=cmd_weights_import)
     download = actions.add_parser(
         "download",
+        parents=[after],
         help="every backbone of a space into the store (needs the hub), to copy elsewhere",
     )
     download.add_argument(
@@ -565,12 +566,25 @@ class _Formatter(argparse.HelpFormatter):
         return "\n".join(lines)
 
 
-def _add_quiet(to: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup) -> None:
+def _add_quiet(
+    to: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup, default: object = False
+) -> None:
     to.add_argument(
         "-q",
         "--quiet",
         action="store_true",
+        default=default,
         help="print errors only (the study's logs still have everything)",
+    )
+
+
+def _add_store(to: argparse.ArgumentParser, default: object = None) -> None:
+    to.add_argument(
+        "--weights-dir",
+        default=default,
+        metavar="DIR",
+        help="autoclf's store of pretrained weights (default $AUTOCLF_WEIGHTS, else "
+        "~/.cache/autoclf/weights); see `autoclf weights`",
     )
 
 

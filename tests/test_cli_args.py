@@ -98,6 +98,22 @@ def test_options_appear_only_where_they_act():
     assert {n for n in commands if "--device" in options(n)} == {"finalize", "predict"}
 
 
+@pytest.mark.parametrize(
+    "argv, quiet, store",
+    [
+        ("weights list -q --weights-dir w", True, "w"),  # refused before: -q was weights' only
+        ("weights -q --weights-dir w list", True, "w"),
+        ("weights -q import f --backbone b", True, None),  # an action's default keeps weights' -q
+        ("weights download", False, None),
+    ],
+)
+def test_weights_options_go_before_or_after_the_action(argv, quiet, store):
+    from autoclf.cli import build_parser
+
+    args = build_parser().parse_args(argv.split())
+    assert (args.quiet, args.weights_dir) == (quiet, store)
+
+
 def test_the_cli_imports_no_heavy_module_until_a_command_runs():
     """``autoclf --help`` answers at once: torch, timm, optuna, scikit-learn and OpenCV are
     imported by the commands that use them."""
