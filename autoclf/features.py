@@ -61,7 +61,7 @@ class FeatureStore:
                     ",".join(v.name for v in views),
                     repr(normalization(params.backbone)),
                     interpolation(params.backbone),
-                    pretrained.record(weights).get("sha256", str(weights)) if weights else "timm",
+                    pretrained.verify(weights) if weights else "timm",
                 ]
             ).encode()
         ).hexdigest()[:16]

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import socket
 from collections.abc import Iterable
+from pathlib import Path
 from urllib.parse import urlparse
 
 import timm
@@ -117,7 +118,9 @@ def ensure_pretrained(backbones: Iterable[str]) -> list[str]:
     notes, missing = [], []
     for name in dict.fromkeys(backbones):
         source = pretrained.locate(name, hub=False)
-        if source.kind == "package":
+        if source.kind == "store":
+            pretrained.verify(Path(source.detail))  # a changed file stops the search here
+        elif source.kind == "package":
             path = pretrained.import_from_package(name)
             notes.append(f"{name}: ImageNet weights imported from {source.detail} into {path}")
         elif source.kind == "missing":

@@ -225,7 +225,9 @@ def import_checkpoint(
     path = Path(path)
     ordered = path.suffix != ".safetensors"
     weights = convert(read_checkpoint(path), backbone, origin=str(path), ordered=ordered)
-    target = store_dir(store) / f"{architecture(backbone)}.safetensors"
+    # Under the name given, tag and all: weights for `resnet50.a1_in1k` are not those of
+    # `resnet50.tv_in1k` (nor made for its preprocessing). An untagged name serves every tag.
+    target = store_dir(store) / f"{backbone}.safetensors"
     source = source or str(path.resolve())
     return _store(weights, target, source=source, source_sha256=_sha256(path))
 
@@ -280,6 +282,27 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+_HASHED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) → SHA-256, per process
+
+
+def verify(path: Path) -> str:
+    """The stored file's SHA-256, checked against the store's record of it: a file copied
+    over a stored one must not pass for it (nor the features computed with the old one).
+    Hashed once per process for each (path, size, modification time)."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = _sha256(path)
+    recorded = record(path).get("sha256")
+    if recorded and recorded != _HASHED[key]:
+        raise WeightsImportError(
+            f"{path} is not the file the weights store recorded (its SHA-256 differs from the "
+            f"one in {path.with_suffix('.json').name}): it changed since it was stored. Import "
+            "it again with `autoclf weights import`, or delete both files."
+        )
+    return _HASHED[key]
+
+
 def record(path: Path) -> dict:
     """What the store knows of a stored file (its JSON), or {} when there is none."""
     try:
@@ -293,6 +316,7 @@ def load_into(model: torch.nn.Module, path: Path) -> None:
     head, which ``create_model`` then starts at zero)."""
     from safetensors.torch import load_file
 
+    verify(path)
     state = load_file(str(path))
     own = model.state_dict()
     fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}

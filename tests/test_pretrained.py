@@ -146,6 +146,33 @@ def test_safetensors_import_by_timm_names_and_refuse_other_names(store, tmp_path
     )
 
 
+def test_a_stored_file_that_changed_since_it_was_stored_is_refused(store, lite0_checkpoint):
+    # It was used as it stood (the record's SHA-256 never checked), and head-only trials
+    # took features computed with the old file, keyed on the record.
+    stored = pretrained.import_checkpoint(lite0_checkpoint, LITE0)
+    params = TrainParams(backbone=LITE0, pretrained=True)
+    create_model(params, num_classes=2)  # as stored: loads
+    state = pretrained.read_checkpoint(stored)
+    state["conv_stem.weight"] = state["conv_stem.weight"] * 2
+    from safetensors.torch import save_file
+
+    save_file(state, str(stored))  # copied over it; the record beside it is the old one
+    with pytest.raises(WeightsImportError, match=rf"{LITE0}.safetensors is not the file"):
+        create_model(params, num_classes=2)
+    with pytest.raises(WeightsImportError, match="Import it again"):
+        ensure_pretrained([LITE0])  # before any trial of a search
+
+
+def test_an_import_keeps_its_tag(store, lite0_checkpoint):
+    # Stored under the architecture before, so one tag's weights served every tag.
+    tagged = pretrained.import_checkpoint(lite0_checkpoint, f"{LITE0}.in1k")
+    assert tagged == store / f"{LITE0}.in1k.safetensors"
+    assert pretrained.stored_file(f"{LITE0}.in1k") == tagged
+    assert pretrained.stored_file(f"{LITE0}.other") is None
+    untagged = pretrained.import_checkpoint(lite0_checkpoint, LITE0)
+    assert pretrained.stored_file(f"{LITE0}.other") == untagged  # untagged: for every tag
+
+
 def test_ensure_pretrained_imports_a_package_once_and_says_so(store):
     assert pretrained.locate(LITE0, hub=False).kind == "package"
     notes = ensure_pretrained([LITE0])
