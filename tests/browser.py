@@ -41,6 +41,7 @@ window.addEventListener('load', () => setTimeout(() => {
       'g.trace, g.parcoords, .hm, image, path.point, path.box, g.point').length),
     resources: performance.getEntriesByType('resource').map(r => r.name),
     images: [...document.images].filter(i => i.complete && i.naturalWidth > 0).length,
+    xticks: plots.map(p => [...p.querySelectorAll('.xtick text')].map(t => t.textContent)),
   });
   document.body.appendChild(out);
 }, 500));

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from autoclf import cli
+from tests.browser import render
 from tests.conftest import autoclf, save_image
 from tests.messy import PHOTOS, messy_folder
 
@@ -63,3 +64,15 @@ def test_a_folder_given_for_the_page_gets_the_default_name_in_it(tmp_path, capsy
     assert cli._out_path(str(tmp_path / "pages"), default) == tmp_path / "pages" / default.name
     assert cli._out_path(str(tmp_path / "p.csv"), default) == tmp_path / "p.csv"
     assert cli._out_path(None, default) == default
+
+
+def test_a_class_name_shows_in_the_charts_as_written(tmp_path):
+    # Plotly reads <b>, <br> and entities in a label as its markup: `a<b>c` showed as a bold c.
+    for c, name in enumerate(("a<b>c", "x&amp;y")):
+        for i in range(2):
+            save_image(tmp_path / "data" / name / f"{i}.png", seed=10 * c + i)
+    page = tmp_path / "look.html"
+    assert cli.main(["inspect", str(tmp_path / "data"), "--html", str(page), "-q"]) == 0
+    found = render(page, tmp_path)
+    assert found["errors"] == [] and found["drawn"] == found["plots"] > 0
+    assert found["xticks"][0] == ["a<b>c", "x&amp;y"]  # the class distribution's bars

@@ -46,6 +46,12 @@ def figure(fig) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
 
 
+def plotly_text(text: object) -> str:
+    """Text for a plotly label, legend or hover: plotly reads ``<b>``, ``<br>``, ``<a>`` and
+    entities in them as its own markup, so a class named ``a<b>c`` showed as a bold "c"."""
+    return escape(text)
+
+
 def thumbnail(image: np.ndarray, *, size: int = 128) -> str:
     """An RGB array as a JPEG data URI, its longer side ``size`` px."""
     im = Image.fromarray(image)

@@ -10,7 +10,7 @@ from autoclf import atomic
 from autoclf.data.images import load_rgb
 from autoclf.data.survey import Survey
 from autoclf.metrics import choose_metric
-from autoclf.reports.html import escape, figure, page, table, thumbnail, tile
+from autoclf.reports.html import escape, figure, page, plotly_text, table, thumbnail, tile
 
 THUMBNAIL = 128  # px, the longer side of a gallery image
 
@@ -69,7 +69,8 @@ def _classes(survey: Survey) -> str:
     import plotly.graph_objects as go
 
     counts = survey.class_counts()
-    fig = go.Figure(go.Bar(x=list(counts), y=list(counts.values()), text=list(counts.values())))
+    names = [plotly_text(c) for c in counts]
+    fig = go.Figure(go.Bar(x=names, y=list(counts.values()), text=list(counts.values())))
     fig.update_layout(
         xaxis_title="class", yaxis_title="images", height=360, margin={"t": 20, "b": 40}
     )
@@ -90,8 +91,8 @@ def _sizes(survey: Survey, rng: np.random.Generator) -> str:
                 x=[im.width for im in ims],
                 y=[im.height for im in ims],
                 mode="markers",
-                name=name,
-                text=[Path(im.path).name for im in ims],
+                name=plotly_text(name),
+                text=[plotly_text(Path(im.path).name) for im in ims],
                 marker={"opacity": 0.6},
             )
         )

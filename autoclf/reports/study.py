@@ -16,7 +16,7 @@ from autoclf.data.cache import BadImagesError, decode_square
 from autoclf.data.folds import describe_study_cv
 from autoclf.errors import AutoclfError, DataError
 from autoclf.metrics import get_metric
-from autoclf.reports.html import escape, figure, page, table, thumbnail, tile
+from autoclf.reports.html import escape, figure, page, plotly_text, table, thumbnail, tile
 from autoclf.search import record
 from autoclf.study import StudyFiles
 
@@ -228,8 +228,8 @@ def _confusion(matrix: np.ndarray, classes: list[str]) -> str:
     fig = go.Figure(
         go.Heatmap(
             z=matrix,
-            x=classes,
-            y=classes,
+            x=[plotly_text(c) for c in classes],
+            y=[plotly_text(c) for c in classes],
             text=matrix,
             texttemplate="%{text}",
             colorscale="Blues",
