@@ -9,6 +9,7 @@ workers on other machines join by pointing at the same PostgreSQL URL.
 
 from __future__ import annotations
 
+import _thread
 import ctypes
 import gc
 import importlib
@@ -17,12 +18,14 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
 import optuna
@@ -57,31 +60,81 @@ class StopSignals:
     """SIGINT, SIGTERM and SIGHUP in a worker process; one only (the clean-up it starts, fail
     and re-queue, must not be cut short).
 
-    In the objective (training), the signal raises :class:`Interrupted` at once: the objective
-    writes why it stopped, Optuna fails the trial, and the worker queues it again. In Optuna's
-    own steps around the objective (creating the trial, writing its result) the signal waits
+    In the objective (training), the signal raises :class:`Interrupted`: the objective writes
+    why it stopped, Optuna fails the trial, and the worker queues it again. In Optuna's own
+    steps around the objective (creating the trial, writing its result) the signal waits
     until the step is done, so no trial's record is cut in half; the worker then stops before
-    its next trial. Anywhere else it raises at once."""
+    its next trial. Anywhere else it raises at once.
+
+    Python runs a handler between any two bytecodes, so a raise can land where it must not:
+    - in the storage's code (SQLAlchemy, its driver): a raise there can leave a transaction
+      open that locks an SQLite study for every process, so the trial's failure cannot be
+      written ("database is locked" a minute later, and the worker died with exit code 1);
+    - in a finalizer (``__del__``, a weakref callback): Python drops what it raises
+      ("Exception ignored in"), and the trial would train on.
+    There the handler runs again a moment later (:func:`_handle_again`), until it can raise."""
 
     def __init__(self) -> None:
         self.deferred = False  # in Optuna's steps around the objective
         self.pending: int | None = None  # a signal that came while deferred
+        self.taken: int | None = None  # the signal this worker stops for; later ones are ignored
+        self.again = False  # the handler runs again for it: it could not raise where it ran
 
     def install(self) -> None:
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._handle)
+        if sys.unraisablehook != self._unraisable:  # installed once, not chained to itself
+            self._previous_hook = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
 
-    def _handle(self, signum: int, frame: object) -> None:
-        for s in STOP_SIGNALS:
-            signal.signal(s, signal.SIG_IGN)
+    def _unraisable(self, unraisable: sys.UnraisableHookArgs) -> None:
+        if isinstance(unraisable.exc_value, Interrupted):  # raised in a finalizer, and dropped
+            self.again = True
+            _handle_again(unraisable.exc_value.signum)
+        else:
+            self._previous_hook(unraisable)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.again:
+            self.again, signum = False, self.taken
+        elif self.taken is not None:
+            return
+        self.taken = signum
         if self.deferred:
             self.pending = signum
+            return
+        if _unsafe_to_raise(frame, self._unraisable):
+            self.again = True
+            _handle_again(signum)
             return
         raise Interrupted(signum)
 
     def raise_pending(self) -> None:
         if self.pending is not None:
             raise Interrupted(self.pending)
+
+
+# Where a raise could leave the study's database locked: see StopSignals.
+_STORAGE_MODULES = ("sqlalchemy.", "optuna.storages.", "sqlite3", "psycopg", "pymysql", "MySQLdb")
+
+
+def _unsafe_to_raise(frame: FrameType | None, hook: Callable) -> bool:
+    """Whether ``frame`` runs in the storage's code or in the unraisable ``hook``."""
+    while frame is not None:
+        if frame.f_code is hook.__func__.__code__:
+            return True
+        if frame.f_globals.get("__name__", "").startswith(_STORAGE_MODULES):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _handle_again(signum: int) -> None:
+    """Run the signal's handler again, in the main thread, a moment from now (from another
+    thread: called in the main one, ``interrupt_main`` runs the handler before it returns)."""
+    timer = threading.Timer(0.001, _thread.interrupt_main, (signum,))
+    timer.daemon = True
+    timer.start()
 
 
 STOPPING = StopSignals()  # the worker process's; installed by main()
