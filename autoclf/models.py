@@ -33,11 +33,21 @@ def create_model(params: TrainParams, *, num_classes: int) -> torch.nn.Module:
     if cfg is not None and cfg.fixed_input_size:
         kwargs["img_size"] = params.image_size  # ViT-style models are built for one size
     stored = pretrained.stored_file(params.backbone) if params.pretrained else None
-    if stored is None:  # from scratch, or timm's own cache or hub
+    if stored is not None:  # else from scratch, or from timm's own cache or the hub
+        pretrained.verify(stored)
+        # timm loads the stored file as it loads the hub's: through the model's own filter (a
+        # ViT's position embeddings resampled to the trial's size), the classifier left out
+        # where the classes differ, and strict about everything else.
+        kwargs["pretrained_cfg_overlay"] = {"file": str(stored), "source": ""}
+    try:
         model = timm.create_model(params.backbone, pretrained=params.pretrained, **kwargs)
-    else:
-        model = timm.create_model(params.backbone, pretrained=False, **kwargs)
-        pretrained.load_into(model, stored)
+    except RuntimeError as exc:
+        if stored is None:
+            raise
+        why = str(exc).strip().splitlines()
+        raise pretrained.WeightsImportError(
+            f"{stored} does not fit {params.backbone}: {' '.join(why[:3])}"
+        ) from exc
     if params.pretrained and num_classes != getattr(cfg, "num_classes", None):
         _zero_head(model)  # a new head (the pretrained one is kept where the classes are its)
     return model

@@ -309,26 +309,3 @@ def record(path: Path) -> dict:
         return json.loads(path.with_suffix(".json").read_text())
     except (OSError, ValueError):
         return {}
-
-
-def load_into(model: torch.nn.Module, path: Path) -> None:
-    """Stored ImageNet weights into ``model``, all but a classifier of another size (a new
-    head, which ``create_model`` then starts at zero)."""
-    from safetensors.torch import load_file
-
-    verify(path)
-    state = load_file(str(path))
-    own = model.state_dict()
-    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    missing = [k for k in own if k not in fits]
-    head = _classifier_prefixes(model)
-    if any(not k.startswith(head) for k in missing):
-        first = next(k for k in missing if not k.startswith(head))
-        raise WeightsImportError(f"{path} does not fit this model: no weights for {first!r}")
-    model.load_state_dict(fits, strict=False)
-
-
-def _classifier_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
-    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "classifier"
-    names = names if isinstance(names, (list, tuple)) else [names]
-    return tuple(f"{n}." for n in names)

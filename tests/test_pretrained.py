@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 
@@ -161,6 +162,36 @@ def test_a_stored_file_that_changed_since_it_was_stored_is_refused(store, lite0_
         create_model(params, num_classes=2)
     with pytest.raises(WeightsImportError, match="Import it again"):
         ensure_pretrained([LITE0])  # before any trial of a search
+
+
+def test_stored_vit_weights_serve_another_image_size(store, tmp_path):
+    # A ViT's position embeddings are made for one size: timm resamples them when it loads,
+    # which autoclf's own loading did not do ("no weights for 'pos_embed'" at any other size).
+    source = timm.create_model("test_vit")  # made for 160 px
+    saved = tmp_path / "vit.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(saved))
+    pretrained.import_checkpoint(saved, "test_vit")
+    params = TrainParams(backbone="test_vit", pretrained=True, image_size=96)
+    model = create_model(params, num_classes=3)
+    state = model.state_dict()
+    assert torch.equal(
+        state["patch_embed.proj.weight"], source.state_dict()["patch_embed.proj.weight"]
+    )
+    assert state["pos_embed"].shape[1] < source.state_dict()["pos_embed"].shape[1]
+    assert model(torch.zeros(1, 3, 96, 96)).shape == (1, 3)
+
+
+def test_a_stored_file_of_another_model_is_refused_naming_it(store):
+    from safetensors.torch import save_file
+
+    store.mkdir()
+    wrong = store / "test_efficientnet.safetensors"  # put there by hand: test_resnet's weights
+    save_file(timm.create_model("test_resnet").state_dict(), str(wrong))
+    params = TrainParams(backbone="test_efficientnet", pretrained=True, image_size=32)
+    with pytest.raises(WeightsImportError, match=rf"{wrong} does not fit test_efficientnet: "):
+        create_model(params, num_classes=2)
 
 
 def test_an_import_keeps_its_tag(store, lite0_checkpoint):
