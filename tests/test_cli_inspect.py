@@ -72,7 +72,7 @@ def test_a_class_name_shows_in_the_charts_as_written(tmp_path):
         for i in range(2):
             save_image(tmp_path / "data" / name / f"{i}.png", seed=10 * c + i)
     page = tmp_path / "look.html"
-    assert cli.main(["inspect", str(tmp_path / "data"), "--html", str(page), "-q"]) == 0
+    assert cli.main(["inspect", str(tmp_path / "data"), "--html", str(page)]) == 0
     found = render(page, tmp_path)
     assert found["errors"] == [] and found["drawn"] == found["plots"] > 0
     assert found["xticks"][0] == ["a<b>c", "x&amp;y"]  # the class distribution's bars
