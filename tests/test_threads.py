@@ -129,8 +129,14 @@ def test_loader_workers_run_opencv_on_one_thread():
 
     transform = train_transform(strength=0.0, size=8, hflip=False, seed=0)
     dataset = _OpenCVThreads(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4), np.arange(4), transform)
+    # Spawned, not forked: a fork here would hang if an earlier test had started OpenCV's
+    # thread pool in this process (fit gives it up before forking; this bare loader cannot).
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=2, num_workers=1, worker_init_fn=_reseed_worker
+        dataset,
+        batch_size=2,
+        num_workers=1,
+        worker_init_fn=_reseed_worker,
+        multiprocessing_context="spawn",
     )
     assert [int(v) for batch in loader for v in batch] == [1, 1, 1, 1]
 
