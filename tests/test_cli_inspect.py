@@ -37,29 +37,31 @@ def test_inspect_summarises_in_the_terminal_and_writes_an_offline_page(tmp_path)
     assert str(odd["copy"]) in page and str(odd["corrupt"]) in page
 
 
-def test_class_names_and_paths_print_as_written_not_read_as_markup(tmp_path, capsys):
+def test_class_names_and_paths_print_as_written_not_read_as_markup(tmp_path):
     # Rich read "[old]" as a style and dropped it: `cats [old]` printed as `cats `.
     data = tmp_path / "data"
     for c, name in enumerate(("cats [old]", "dogs [red]")):
         for i in range(3):
             save_image(data / name / f"{i}.png", seed=10 * c + i)
     (data / "dogs [red]" / "[b]broken.png").write_bytes(b"not an image")
-    assert cli.main(["inspect", str(data), "--html", str(tmp_path / "look.html")]) == 0
-    out = capsys.readouterr().out
+    done = autoclf("inspect", str(data), "--html", "look.html", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr + done.stdout
+    out = done.stdout
     assert re.search(r"cats \[old\]\s+3\s", out) and re.search(r"dogs \[red\]\s+4\s", out)
     assert "1 file(s) cannot be decoded" in out
     assert str(data / "dogs [red]" / "[b]broken.png") in out.replace("\n", "")
 
 
-def test_a_folder_given_for_the_page_gets_the_default_name_in_it(tmp_path, capsys):
+def test_a_folder_given_for_the_page_gets_the_default_name_in_it(tmp_path):
     # A folder was a traceback (IsADirectoryError) after every image was decoded; now it takes
     # the default name, as `export --out` does (`predict --out` and `report --out` too).
     for c, name in enumerate(("a", "b")):
         save_image(tmp_path / "data" / name / "0.png", seed=c)
     (tmp_path / "pages").mkdir()
-    assert cli.main(["inspect", str(tmp_path / "data"), "--html", str(tmp_path / "pages")]) == 0
+    done = autoclf("inspect", "data", "--html", "pages", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr + done.stdout
     assert (tmp_path / "pages" / "inspect-data.html").stat().st_size > 100_000
-    assert f"report: {tmp_path / 'pages' / 'inspect-data.html'}" in capsys.readouterr().out
+    assert f"report: {tmp_path / 'pages' / 'inspect-data.html'}" in done.stdout
     default = tmp_path / "final" / "predictions-val.csv"
     assert cli._out_path(str(tmp_path / "pages"), default) == tmp_path / "pages" / default.name
     assert cli._out_path(str(tmp_path / "p.csv"), default) == tmp_path / "p.csv"
@@ -72,7 +74,8 @@ def test_a_class_name_shows_in_the_charts_as_written(tmp_path):
         for i in range(2):
             save_image(tmp_path / "data" / name / f"{i}.png", seed=10 * c + i)
     page = tmp_path / "look.html"
-    assert cli.main(["inspect", str(tmp_path / "data"), "--html", str(page)]) == 0
+    done = autoclf("inspect", "data", "--html", str(page), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr + done.stdout
     found = render(page, tmp_path)
     assert found["errors"] == [] and found["drawn"] == found["plots"] > 0
     assert found["xticks"][0] == ["a<b>c", "x&amp;y"]  # the class distribution's bars
