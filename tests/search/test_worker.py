@@ -109,17 +109,14 @@ class SignalInAFinalizer:
         os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_a_signal_dropped_in_a_finalizer_still_stops_the_trial(tmp_path, stop_signals):
-    url = f"sqlite:///{tmp_path / 'study.db'}"
-    study = optuna.create_study(study_name="w", storage=url, direction="maximize")
-    stop_signals.install()  # pytest sets its own unraisable hook around each test
-    dropped = []
+def _stopped_in(send):
+    """An objective that calls ``send(trial)``, which makes the signal come, then trains on for
+    0.1 s unless the signal stops it; it records why, as autoclf's objective does."""
 
     def objective(trial):
         trial.suggest_float("x", 0, 1)
         try:
-            SignalInAFinalizer()  # deleted at once: the signal raises in __del__, and is dropped
-            dropped.append(True)  # before the fix, the trial trained on from here
+            send(trial)
             for _ in range(100):
                 time.sleep(0.001)
         except KeyboardInterrupt as exc:
@@ -127,14 +124,32 @@ def test_a_signal_dropped_in_a_finalizer_still_stops_the_trial(tmp_path, stop_si
             raise
         return 1.0
 
-    with pytest.raises(worker.Interrupted) as stopped:
-        _work(study, url, objective)
-    assert dropped  # the first raise was dropped, in the finalizer
-    assert stopped.value.signum == signal.SIGINT
+    return objective
+
+
+def _failed_and_queued_again(study) -> optuna.trial.FrozenTrial:
     failed, queued = study.trials
     assert failed.state == TrialState.FAIL
     assert failed.user_attrs["fail_reason"] == "interrupted (SIGINT)"
     assert queued.state == TrialState.WAITING and queued.params == failed.params
+    return failed
+
+
+def test_a_signal_dropped_in_a_finalizer_still_stops_the_trial(tmp_path, stop_signals):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="w", storage=url, direction="maximize")
+    stop_signals.install()  # pytest sets its own unraisable hook around each test
+    dropped = []
+
+    def send(trial):
+        SignalInAFinalizer()  # deleted at once: the signal raises in __del__, and is dropped
+        dropped.append(True)  # before the fix, the trial trained on from here
+
+    with pytest.raises(worker.Interrupted) as stopped:
+        _work(study, url, _stopped_in(send))
+    assert dropped  # the first raise was dropped, in the finalizer
+    assert stopped.value.signum == signal.SIGINT
+    _failed_and_queued_again(study)
 
 
 def test_a_signal_in_the_storages_code_waits_for_the_write_then_stops(tmp_path, stop_signals):
@@ -150,28 +165,16 @@ def test_a_signal_in_the_storages_code_waits_for_the_write_then_stops(tmp_path, 
             armed.clear()
             os.kill(os.getpid(), signal.SIGINT)  # the handler runs inside SQLAlchemy
 
-    def objective(trial):
-        trial.suggest_float("x", 0, 1)
-        try:
-            armed.append(True)
-            trial.set_user_attr("written", True)  # completes; the signal raises after it
-            for _ in range(100):
-                time.sleep(0.001)
-        except KeyboardInterrupt as exc:
-            trial.set_user_attr("fail_reason", f"interrupted ({exc})")
-            raise
-        return 1.0
+    def send(trial):
+        armed.append(True)
+        trial.set_user_attr("written", True)  # completes; the signal raises after it
 
     sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", signal_in_the_write)
     try:
         with pytest.raises(worker.Interrupted):
-            _work(study, url, objective)
+            _work(study, url, _stopped_in(send))
     finally:
         sqlalchemy.event.remove(
             sqlalchemy.engine.Engine, "before_cursor_execute", signal_in_the_write
         )
-    failed, queued = study.trials
-    assert failed.user_attrs["written"] is True
-    assert failed.state == TrialState.FAIL
-    assert failed.user_attrs["fail_reason"] == "interrupted (SIGINT)"
-    assert queued.state == TrialState.WAITING and queued.params == failed.params
+    assert _failed_and_queued_again(study).user_attrs["written"] is True
