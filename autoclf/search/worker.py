@@ -72,7 +72,7 @@ class StopSignals:
       written ("database is locked" a minute later, and the worker died with exit code 1);
     - in a finalizer (``__del__``, a weakref callback): Python drops what it raises
       ("Exception ignored in"), and the trial would train on.
-    There the handler runs again a moment later (:func:`_handle_again`), until it can raise."""
+    There the handler runs again a moment later (``_handle_again``), until it can raise."""
 
     def __init__(self) -> None:
         self.deferred = False  # in Optuna's steps around the objective
@@ -89,8 +89,7 @@ class StopSignals:
 
     def _unraisable(self, unraisable: sys.UnraisableHookArgs) -> None:
         if isinstance(unraisable.exc_value, Interrupted):  # raised in a finalizer, and dropped
-            self.again = True
-            _handle_again(unraisable.exc_value.signum)
+            self._handle_again(unraisable.exc_value.signum)
         else:
             self._previous_hook(unraisable)
 
@@ -103,11 +102,18 @@ class StopSignals:
         if self.deferred:
             self.pending = signum
             return
-        if _unsafe_to_raise(frame, self._unraisable):
-            self.again = True
-            _handle_again(signum)
+        if _unsafe_to_raise(frame):
+            self._handle_again(signum)
             return
         raise Interrupted(signum)
+
+    def _handle_again(self, signum: int) -> None:
+        """Run the handler again, in the main thread, a moment from now (from another thread:
+        called in the main one, ``interrupt_main`` runs the handler before it returns)."""
+        self.again = True
+        timer = threading.Timer(0.001, _thread.interrupt_main, (signum,))
+        timer.daemon = True
+        timer.start()
 
     def raise_pending(self) -> None:
         if self.pending is not None:
@@ -118,23 +124,15 @@ class StopSignals:
 _STORAGE_MODULES = ("sqlalchemy.", "optuna.storages.", "sqlite3", "psycopg", "pymysql", "MySQLdb")
 
 
-def _unsafe_to_raise(frame: FrameType | None, hook: Callable) -> bool:
-    """Whether ``frame`` runs in the storage's code or in the unraisable ``hook``."""
+def _unsafe_to_raise(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs in the storage's code or in the worker's unraisable hook."""
     while frame is not None:
-        if frame.f_code is hook.__func__.__code__:
+        if frame.f_code is StopSignals._unraisable.__code__:
             return True
         if frame.f_globals.get("__name__", "").startswith(_STORAGE_MODULES):
             return True
         frame = frame.f_back
     return False
-
-
-def _handle_again(signum: int) -> None:
-    """Run the signal's handler again, in the main thread, a moment from now (from another
-    thread: called in the main one, ``interrupt_main`` runs the handler before it returns)."""
-    timer = threading.Timer(0.001, _thread.interrupt_main, (signum,))
-    timer.daemon = True
-    timer.start()
 
 
 STOPPING = StopSignals()  # the worker process's; installed by main()
