@@ -23,6 +23,15 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def target(given: str | os.PathLike | None, default: Path) -> Path:
+    """Where a command writes its file: ``given``, the default's name inside ``given`` when
+    that is a folder, else ``default``."""
+    if not given:
+        return default
+    path = Path(given)
+    return path / default.name if path.is_dir() else path
+
+
 @contextmanager
 def atomic_path(target: str | Path, *, suffix: str = "", private: bool = False) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success it replaces ``target``.

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from autoclf import __version__
+from autoclf import __version__, atomic
 from autoclf.config import BALANCE, Refit, SearchConfig, Select, Vote, study_path
 from autoclf.data.index import BUILTIN
 from autoclf.errors import AutoclfError
@@ -697,9 +697,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     files = open_study_dir(args.studies_dir, args.study)
     with console.status("writing the report"):
-        target = write_study_report(
-            files, load_study(files, args.storage), _out_path(args.out, files.dir / "report.html")
-        )
+        target = write_study_report(files, load_study(files, args.storage), args.out)
     console.print(f"report: {target.resolve()}", soft_wrap=True, highlight=False)
     return 0
 
@@ -763,7 +761,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         found = survey(index, source=data, on_progress=advance)
     _print_survey(found)
     name = Path(data).name if data not in BUILTIN else data
-    target = _out_path(args.html, Path(f"inspect-{name or 'data'}.html"))
+    target = atomic.target(args.html, Path(f"inspect-{name or 'data'}.html"))
     write_inspect_report(found, target, samples_per_class=args.samples)
     console.print(f"report: {target.resolve()}", soft_wrap=True, highlight=False)
     return 0
@@ -1185,7 +1183,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         studies_dir=args.studies_dir,
         skip_bad=args.skip_bad_images,
     )
-    out = _out_path(args.out, final_dir / predictions_name(data))
+    out = atomic.target(args.out, final_dir / predictions_name(data))
     write_predictions(result, out)
     _print_skipped(result.skipped)
     console.print(f"{len(result.paths)} predictions: {out}", soft_wrap=True, highlight=False)
@@ -1296,15 +1294,6 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
         target = pretrained.download(name, store=store)
         console.print(f"{name}: {target}", soft_wrap=True, highlight=False)
     return 0
-
-
-def _out_path(given: str | None, default: Path) -> Path:
-    """Where a command writes its file: ``given``, the default's name inside ``given`` when
-    that is a folder (as ``export --out`` takes one), else ``default``."""
-    if not given:
-        return default
-    path = Path(given)
-    return path / default.name if path.is_dir() else path
 
 
 def predictions_name(data: str) -> str:

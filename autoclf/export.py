@@ -290,11 +290,7 @@ def _onnxruntime() -> Any:
 
 
 def _onnx_path(out: str | os.PathLike | None, final_dir: Path) -> Path:
-    if out is None:
-        return final_dir / ONNX_NAME
-    path = Path(out)
-    if path.is_dir():
-        return path / ONNX_NAME
+    path = atomic.target(out, final_dir / ONNX_NAME)
     if path.suffix != ".onnx":
         raise AutoclfError(
             f"--out {path}: give a file ending in .onnx (its .json goes beside it) or a folder"

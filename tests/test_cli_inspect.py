@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from autoclf import cli
+from autoclf import atomic
 from tests.browser import render
 from tests.conftest import autoclf, save_image
 from tests.messy import PHOTOS, messy_folder
@@ -63,9 +63,9 @@ def test_a_folder_given_for_the_page_gets_the_default_name_in_it(tmp_path):
     assert (tmp_path / "pages" / "inspect-data.html").stat().st_size > 100_000
     assert f"report: {tmp_path / 'pages' / 'inspect-data.html'}" in done.stdout
     default = tmp_path / "final" / "predictions-val.csv"
-    assert cli._out_path(str(tmp_path / "pages"), default) == tmp_path / "pages" / default.name
-    assert cli._out_path(str(tmp_path / "p.csv"), default) == tmp_path / "p.csv"
-    assert cli._out_path(None, default) == default
+    assert atomic.target(str(tmp_path / "pages"), default) == tmp_path / "pages" / default.name
+    assert atomic.target(str(tmp_path / "p.csv"), default) == tmp_path / "p.csv"
+    assert atomic.target(None, default) == default
 
 
 def test_a_class_name_shows_in_the_charts_as_written(tmp_path):

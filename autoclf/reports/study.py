@@ -28,7 +28,7 @@ SHOWN = 128  # px of a gallery image
 def write_study_report(
     files: StudyFiles, study: optuna.Study, target: str | Path | None = None
 ) -> Path:
-    target = Path(target) if target else files.dir / "report.html"
+    target = atomic.target(target, files.dir / "report.html")  # a folder: report.html there
     atomic.write_text(target, render(files, study))
     return target
 
