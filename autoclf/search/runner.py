@@ -44,7 +44,7 @@ from autoclf.search.storage import (
     mask_url,
     open_storage,
 )
-from autoclf.search.worker import FINISHED, failure_message, sampler_seed, work
+from autoclf.search.worker import FINISHED, STOPPING, failure_message, sampler_seed, work
 from autoclf.trainer import resolve_device
 
 # Settings that define a study: resuming with any other value would mix incomparable trials.
@@ -370,7 +370,8 @@ def _open_study(
 def run(prepared: PreparedSearch, *, on_event: EventFn = ignore) -> optuna.Study:
     """Run trials in this process until the study holds ``config.trials`` finished trials
     (a resume counts the old ones) or ``config.epoch_budget`` is spent. ``autoclf search``
-    runs the same loop in worker processes instead (see ``pool.py``)."""
+    runs the same loop in worker processes instead (see ``pool.py``). Ctrl-C fails the
+    running trial and queues it again, as in a worker, then raises KeyboardInterrupt."""
     config, study = prepared.config, prepared.study
     objective = Objective.for_study(
         config,
@@ -384,16 +385,17 @@ def run(prepared: PreparedSearch, *, on_event: EventFn = ignore) -> optuna.Study
         on_event=on_event,
         loader_workers=config.loader_workers,
     )
-    result = work(
-        study,
-        objective,
-        target=config.trials,
-        claim=claim_lock(prepared.storage_url, config.study),
-        deadline=time.time() + config.timeout if config.timeout else None,
-        budget=prepared.budget,
-        on_finished=lambda trial: on_event(TrialFinished(trial, best_or_none(study))),
-        device=prepared.device,
-    )
+    with STOPPING.ctrl_c():  # a Ctrl-C fails and re-queues the trial, as in a worker
+        result = work(
+            study,
+            objective,
+            target=config.trials,
+            claim=claim_lock(prepared.storage_url, config.study),
+            deadline=time.time() + config.timeout if config.timeout else None,
+            budget=prepared.budget,
+            on_finished=lambda trial: on_event(TrialFinished(trial, best_or_none(study))),
+            device=prepared.device,
+        )
     if result.why == "failed":
         raise SearchFailedError(failure_message(result.failures))
     return study

@@ -10,6 +10,7 @@ workers on other machines join by pointing at the same PostgreSQL URL.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import ctypes
 import gc
 import importlib
@@ -22,7 +23,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -86,6 +87,32 @@ class StopSignals:
         if sys.unraisablehook != self._unraisable:  # installed once, not chained to itself
             self._previous_hook = sys.unraisablehook
             sys.unraisablehook = self._unraisable
+
+    @contextlib.contextmanager
+    def ctrl_c(self) -> Iterator[None]:
+        """Ctrl-C, for the length of the block, as a worker takes it; for a search in the
+        caller's process (:func:`autoclf.search.runner.run`), where Python's own handler would
+        raise inside the storage's code too. Then Python's handler is back, and a Ctrl-C that
+        waited for Optuna's bookkeeping is raised. Only in the main thread, and only in place
+        of Python's default handler: a caller's own handler is left alone."""
+        if (
+            threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        ):
+            yield
+            return
+        hook = sys.unraisablehook
+        self.__init__()
+        signal.signal(signal.SIGINT, self._handle)
+        self._previous_hook, sys.unraisablehook = hook, self._unraisable
+        try:
+            yield
+            if self.taken is not None:  # it waited, and the search ended meanwhile
+                raise Interrupted(self.taken)
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            sys.unraisablehook = hook
+            self.__init__()
 
     def _unraisable(self, unraisable: sys.UnraisableHookArgs) -> None:
         if isinstance(unraisable.exc_value, Interrupted):  # raised in a finalizer, and dropped

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import signal
 
 import numpy as np
 import optuna
 import pytest
+import sqlalchemy
 from sklearn.metrics import log_loss
 
 from autoclf.config import SearchConfig
@@ -105,6 +108,35 @@ def test_failing_trials_record_reason_and_stop_the_search(config, monkeypatch):
     log = (prepared.study_dir / trials[0].user_attrs["log_path"]).read_text()
     assert "failed: RuntimeError: boom in the trainer" in log
     assert "Traceback (most recent call last)" in log and "in broken_fit" in log
+
+
+def test_ctrl_c_in_the_storages_code_waits_for_the_write_then_fails_and_requeues(config):
+    # In the caller's process (a notebook, say), Python's own handler raised inside
+    # SQLAlchemy's write: the attribute being written was lost, and an SQLite transaction
+    # could be left open. run() takes Ctrl-C as a worker does, then gives Python's back.
+    prepared = prepare(config)
+    written = []
+
+    def ctrl_c_in_the_write(conn, cursor, statement, parameters, *args):
+        if not written and statement.startswith("INSERT INTO trial_user_attributes"):
+            written.append(parameters)
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs inside SQLAlchemy
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", ctrl_c_in_the_write)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(prepared)
+    finally:
+        sqlalchemy.event.remove(
+            sqlalchemy.engine.Engine, "before_cursor_execute", ctrl_c_in_the_write
+        )
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    failed, queued = prepared.study.trials
+    assert failed.state.name == "FAIL" and queued.state.name == "WAITING"
+    assert failed.user_attrs["fail_reason"] == "interrupted (SIGINT)"
+    assert queued.params == failed.params
+    key = next(p for p in written[0] if isinstance(p, str) and not p.startswith(("{", "[", '"')))
+    assert key in failed.user_attrs  # the write the Ctrl-C came in was finished
 
 
 def test_only_the_best_complete_trials_keep_their_fold_weights(config, tmp_path):

@@ -178,3 +178,20 @@ def test_a_signal_in_the_storages_code_waits_for_the_write_then_stops(tmp_path, 
             sqlalchemy.engine.Engine, "before_cursor_execute", signal_in_the_write
         )
     assert _failed_and_queued_again(study).user_attrs["written"] is True
+
+
+def test_ctrl_c_takes_pythons_default_handler_only_and_gives_it_back():
+    with worker.STOPPING.ctrl_c():
+        assert signal.getsignal(signal.SIGINT) == worker.STOPPING._handle
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Ctrl-C's alone
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGINT, mine)
+    try:
+        with worker.STOPPING.ctrl_c():  # a caller's own handler is left alone
+            assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, previous)
