@@ -220,13 +220,14 @@ def _paths_only_csv(csv_path: Path) -> tuple[str, ...]:
 
 
 def save_index(index: DataIndex, folds: np.ndarray, target: str | Path) -> None:
-    """Write the table (path, label, group, fold) that every later stage reads."""
+    """Write the table (path, label, group, fold, class_index) that every later stage reads.
+    ``class_index`` is the label's place in ``index.classes``: the model's output for it."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "label", "group", "fold"])
+    writer.writerow(["path", "label", "group", "fold", "class_index"])
     groups = index.groups or ("",) * len(index)
     for path, label, group, fold in zip(index.paths, index.labels, groups, folds, strict=True):
-        writer.writerow([path, index.classes[label], group, int(fold)])
+        writer.writerow([path, index.classes[label], group, int(fold), label])
     atomic.write_text(target, buffer.getvalue())
 
 
@@ -234,7 +235,7 @@ def load_index(source: str | Path) -> tuple[DataIndex, np.ndarray]:
     """Read a table written by :func:`save_index`; return the index and its folds."""
     with Path(source).open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    classes = sorted({r["label"] for r in rows}, key=_natural_key)
+    classes = _saved_classes(rows, source)
     lookup = {name: i for i, name in enumerate(classes)}
     has_group = any(r["group"] for r in rows)
     index = DataIndex(
@@ -244,6 +245,25 @@ def load_index(source: str | Path) -> tuple[DataIndex, np.ndarray]:
         groups=tuple(r["group"] for r in rows) if has_group else None,
     )
     return index, np.asarray([int(r["fold"]) for r in rows], dtype=np.int64)
+
+
+def _saved_classes(rows: list[dict[str, str]], source: str | Path) -> list[str]:
+    """The class order the table was written with; a table from before ``class_index``
+    (2026-12) was always in the natural order of the names."""
+    if not rows or rows[0].get("class_index") is None:
+        return sorted({r["label"] for r in rows}, key=_natural_key)
+    order: dict[str, str] = {}
+    for line, row in enumerate(rows, start=2):
+        if order.setdefault(row["label"], row["class_index"]) != row["class_index"]:
+            raise DataError(
+                f"{source}, line {line}: class {row['label']!r} has class_index "
+                f"{row['class_index']!r}, but {order[row['label']]!r} on an earlier line"
+            )
+    if set(order.values()) != {str(i) for i in range(len(order))}:
+        raise DataError(
+            f"{source}: the class_index column is not 0..{len(order) - 1}, one for each class"
+        )
+    return sorted(order, key=lambda name: int(order[name]))
 
 
 def materialize_digits(datasets_dir: Path) -> Path:

@@ -274,7 +274,7 @@ def _resume(
     _check_same_space(inputs.space, study_dir, allow_change=allow_space_change)
     excluded = _read_excluded(study_dir / "excluded.csv")
     index = inputs.index.without(excluded)  # images this study left out when it was created
-    folds = _saved_folds(config, index, study_dir / "index.csv")
+    index, folds = _saved_index(config, index, study_dir / "index.csv")
     notes = _ensure_pretrained(inputs.space)
     cache = _decode(index, config, inputs.space, study_dir, on_cache_progress)
     if cache.skipped:
@@ -408,10 +408,13 @@ def best_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         return None
 
 
-def _saved_folds(config: SearchConfig, index: DataIndex, saved_path: Path) -> np.ndarray:
-    """The study's saved folds, after checking the data has not changed since."""
+def _saved_index(
+    config: SearchConfig, index: DataIndex, saved_path: Path
+) -> tuple[DataIndex, np.ndarray]:
+    """The study's saved index and folds, after checking the data has not changed since. The
+    saved index keeps the class order the study's models were trained with."""
     saved, folds = load_index(saved_path)
-    if saved.paths != index.paths or saved.labels != index.labels or saved.groups != index.groups:
+    if saved.paths != index.paths or _names(saved) != _names(index) or saved.groups != index.groups:
         added = len(set(index.paths) - set(saved.paths))
         removed = len(set(saved.paths) - set(index.paths))
         raise StudyMismatchError(
@@ -419,7 +422,11 @@ def _saved_folds(config: SearchConfig, index: DataIndex, saved_path: Path) -> np
             f"({added} image(s) added, {removed} removed, or labels/groups changed); "
             f"start a new study with another --study name, or start over: {start_over(config)}"
         )
-    return folds  # the same folds as every earlier run of this study
+    return saved, folds  # the same folds as every earlier run of this study
+
+
+def _names(index: DataIndex) -> list[str]:
+    return [index.classes[label] for label in index.labels]
 
 
 def _read_excluded(path: Path) -> dict[str, str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autoclf.data.index import build_index, load_index, save_index
+from autoclf.data.index import DataIndex, build_index, load_index, save_index
 from autoclf.errors import DataError
 from tests.conftest import save_image
 
@@ -121,6 +121,34 @@ def test_save_and_load_round_trip(tmp_path):
     loaded, loaded_folds = load_index(tmp_path / "index.csv")
     assert loaded == index
     assert loaded_folds.tolist() == [1, 0]
+
+
+def test_the_class_order_is_saved_not_sorted_again(tmp_path):
+    # The saved order is what the study's models output: a later sort (a new version's, or
+    # another process's) must not rename their outputs.
+    index = DataIndex(paths=("1.png", "2.png", "3.png"), labels=(0, 1, 0), classes=("b", "a"))
+    save_index(index, np.array([0, 1, 1]), tmp_path / "index.csv")
+    assert load_index(tmp_path / "index.csv")[0] == index
+
+
+def test_a_table_from_before_class_index_is_in_natural_order(tmp_path):
+    (tmp_path / "index.csv").write_text("path,label,group,fold\n1.png,b10,,0\n2.png,b9,,1\n")
+    loaded, folds = load_index(tmp_path / "index.csv")
+    assert loaded.classes == ("b9", "b10") and loaded.labels == (1, 0)
+    assert folds.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "rows, error",
+    [
+        ("1.png,a,,0,0\n2.png,a,,1,1\n", r"line 3: class 'a' has class_index '1', but '0'"),
+        ("1.png,a,,0,0\n2.png,b,,1,2\n", r"class_index column is not 0\.\.1"),
+    ],
+)
+def test_a_class_index_that_does_not_fit_is_named(tmp_path, rows, error):
+    (tmp_path / "index.csv").write_text("path,label,group,fold,class_index\n" + rows)
+    with pytest.raises(DataError, match=error):
+        load_index(tmp_path / "index.csv")
 
 
 CLASS_ORDER = """

@@ -219,6 +219,23 @@ def test_a_reworded_space_resumes_without_the_flag(config, tmp_path):
     assert (prepared.study_dir / "space.yaml").read_text() == reworded
 
 
+def test_a_resume_keeps_the_class_order_the_study_was_made_with(config):
+    # As if an older version (or, before cc3ccf9, another process) had ordered the classes
+    # otherwise: the saved order names the models' outputs, so a resume keeps it.
+    study_dir = prepare(config).study_dir
+    saved = study_dir / "index.csv"
+    lines = saved.read_text().splitlines()
+    swapped = [lines[0]] + [
+        line.rsplit(",", 1)[0] + "," + str(9 - int(line.rsplit(",", 1)[1])) for line in lines[1:]
+    ]
+    saved.write_text("\n".join(swapped) + "\n")
+    resumed = prepare(config)
+    assert resumed.resumed
+    assert resumed.index.classes == tuple("9876543210")
+    assert resumed.study.user_attrs["classes"] == list("9876543210")
+    assert saved.read_text() == "\n".join(swapped) + "\n"
+
+
 def test_a_resumed_run_draws_new_random_parameters(config, tmp_path):
     """The sampler is seeded by --seed; a resumed run must not start the sequence over and
     train the first trials' parameters again."""
