@@ -44,6 +44,7 @@ def open_study_dir(studies_dir: str | Path, name: str) -> StudyFiles:
         (study_dir / "space.yaml").read_text(),
         name=config.space,
         where=str(study_dir / "space.yaml"),
+        saved=True,
     )
     index, folds = load_index(study_dir / "index.csv")
     return StudyFiles(study_dir, config, space, index, folds)

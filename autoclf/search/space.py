@@ -214,9 +214,14 @@ def same_search(a: str, b: str) -> bool:
     return first == second
 
 
-def parse_space(text: str, *, name: str = "space", where: str = "<space>") -> SearchSpace:
+def parse_space(
+    text: str, *, name: str = "space", where: str = "<space>", saved: bool = False
+) -> SearchSpace:
+    """The space that ``text`` defines. A key given twice is refused, but in a study's
+    ``saved`` copy: one written before that was refused (3f08b38) was searched as PyYAML
+    read it then, the last one kept."""
     try:
-        doc = yaml.load(text, Loader=_UniqueKeyLoader)
+        doc = yaml.load(text, Loader=yaml.SafeLoader if saved else _UniqueKeyLoader)
     except yaml.YAMLError as exc:  # its own text names "<unicode string>", not the file
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""

@@ -236,6 +236,16 @@ def test_a_resume_keeps_the_class_order_the_study_was_made_with(config):
     assert saved.read_text() == "\n".join(swapped) + "\n"
 
 
+def test_a_study_saved_with_a_key_given_twice_opens_as_it_was_searched(config, tmp_path):
+    # Before 3f08b38 a key given twice was not refused: PyYAML kept the last one, and the
+    # study's trials were sampled from that. Its saved copy must still open.
+    saved = prepare(config).study_dir / "space.yaml"
+    saved.write_text(saved.read_text().replace("  epochs: 3\n", "  epochs: 5\n  epochs: 3\n"))
+    with pytest.raises(AutoclfError, match="'epochs' is given twice"):
+        prepare(dataclasses.replace(config, space=str(saved)))  # a space file: refused
+    assert open_study_dir(tmp_path / "studies", "s").space.max_epochs == 3
+
+
 def test_a_resumed_run_draws_new_random_parameters(config, tmp_path):
     """The sampler is seeded by --seed; a resumed run must not start the sequence over and
     train the first trials' parameters again."""
