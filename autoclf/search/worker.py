@@ -80,6 +80,7 @@ class StopSignals:
         self.pending: int | None = None  # a signal that came while deferred
         self.taken: int | None = None  # the signal this worker stops for; later ones are ignored
         self.again = False  # the handler runs again for it: it could not raise where it ran
+        self._timer: threading.Timer | None = None  # what runs it again
 
     def install(self) -> None:
         for signum in STOP_SIGNALS:
@@ -110,6 +111,8 @@ class StopSignals:
             if self.taken is not None:  # it waited, and the search ended meanwhile
                 raise Interrupted(self.taken)
         finally:
+            if self._timer is not None:  # not to run again under Python's own handler
+                self._timer.cancel()
             signal.signal(signal.SIGINT, signal.default_int_handler)
             sys.unraisablehook = hook
             self.__init__()
@@ -138,9 +141,9 @@ class StopSignals:
         """Run the handler again, in the main thread, a moment from now (from another thread:
         called in the main one, ``interrupt_main`` runs the handler before it returns)."""
         self.again = True
-        timer = threading.Timer(0.001, _thread.interrupt_main, (signum,))
-        timer.daemon = True
-        timer.start()
+        self._timer = threading.Timer(0.001, _thread.interrupt_main, (signum,))
+        self._timer.daemon = True
+        self._timer.start()
 
     def raise_pending(self) -> None:
         if self.pending is not None:

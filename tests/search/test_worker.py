@@ -195,3 +195,16 @@ def test_ctrl_c_takes_pythons_default_handler_only_and_gives_it_back():
             assert signal.getsignal(signal.SIGINT) is mine
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_that_waits_to_run_again_is_raised_once_and_not_after_the_block():
+    # The handler meets Ctrl-C in the storage's code and waits to run again; the search ends
+    # first. The block raises it, once: the timer must not fire under Python's own handler.
+    with pytest.raises(worker.Interrupted), worker.STOPPING.ctrl_c():
+        worker.STOPPING.taken = signal.SIGINT
+        worker.STOPPING._handle_again(signal.SIGINT)
+    try:
+        time.sleep(0.05)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C was raised again after the block, under Python's own handler")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
