@@ -112,8 +112,9 @@ def test_failing_trials_record_reason_and_stop_the_search(config, monkeypatch):
 
 def test_ctrl_c_in_the_storages_code_waits_for_the_write_then_fails_and_requeues(config):
     # In the caller's process (a notebook, say), Python's own handler raised inside
-    # SQLAlchemy's write: the attribute being written was lost, and an SQLite transaction
-    # could be left open. run() takes Ctrl-C as a worker does, then gives Python's back.
+    # SQLAlchemy's write, here before the objective began: the trial was left failed and
+    # not queued again (elsewhere a write could be lost, or an SQLite transaction left open).
+    # run() takes Ctrl-C as a worker does, then gives Python's handler back.
     prepared = prepare(config)
     written = []
 

@@ -181,9 +181,10 @@ def test_a_signal_in_the_storages_code_waits_for_the_write_then_stops(tmp_path, 
 
 
 def test_ctrl_c_takes_pythons_default_handler_only_and_gives_it_back():
+    sigterm = signal.getsignal(signal.SIGTERM)
     with worker.STOPPING.ctrl_c():
         assert signal.getsignal(signal.SIGINT) == worker.STOPPING._handle
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Ctrl-C's alone
+        assert signal.getsignal(signal.SIGTERM) is sigterm  # Ctrl-C's alone
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
     def mine(signum, frame):
