@@ -82,8 +82,8 @@ class StopSignals:
         self.again = False  # the handler runs again for it: it could not raise where it ran
         self._timer: threading.Timer | None = None  # what runs it again
 
-    def install(self) -> None:
-        for signum in STOP_SIGNALS:
+    def install(self, signums: tuple[int, ...] = STOP_SIGNALS) -> None:
+        for signum in signums:
             signal.signal(signum, self._handle)
         if sys.unraisablehook != self._unraisable:  # installed once, not chained to itself
             self._previous_hook = sys.unraisablehook
@@ -104,8 +104,7 @@ class StopSignals:
             return
         hook = sys.unraisablehook
         self.__init__()
-        signal.signal(signal.SIGINT, self._handle)
-        self._previous_hook, sys.unraisablehook = hook, self._unraisable
+        self.install((signal.SIGINT,))
         try:
             yield
             if self.taken is not None:  # it waited, and the search ended meanwhile
